@@ -1,0 +1,313 @@
+//! The HTTP representations: what goes out (serialized from domain values) and what comes in
+//! (parsed by hand from a JSON object, so every refusal names its field).
+
+use crate::error::ApiError;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tasklane_domain::{
+    Description, NewTask, Status, StatusCounts, Task, TaskPatch, TextError, Title,
+};
+use utoipa::ToSchema;
+
+/// A task as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskDto<'a> {
+    #[schema(example = 1, minimum = 1)]
+    pub id: i64,
+    #[schema(example = "Learn Docker", min_length = 1, max_length = 255)]
+    pub title: &'a str,
+    #[schema(example = "Complete Docker tutorial series", max_length = 10000)]
+    pub description: &'a str,
+    pub status: StatusDto,
+    /// RFC 3339, UTC.
+    #[schema(value_type = String, format = DateTime, example = "2026-11-27T12:00:00.000000Z")]
+    pub created_at: String,
+    /// RFC 3339, UTC; moves on every change.
+    #[schema(value_type = String, format = DateTime, example = "2026-11-27T12:00:00.000000Z")]
+    pub updated_at: String,
+    /// One on creation, one more on every change; the ETag is `"v<version>"`.
+    #[schema(example = 1, minimum = 1)]
+    pub version: i64,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+impl<'a> From<&'a Task> for TaskDto<'a> {
+    fn from(t: &'a Task) -> Self {
+        TaskDto {
+            id: t.id.get(),
+            title: t.title.as_str(),
+            description: t.description.as_str(),
+            status: t.status.into(),
+            created_at: rfc3339(t.created_at),
+            updated_at: rfc3339(t.updated_at),
+            version: t.version.get(),
+        }
+    }
+}
+
+/// A task's status.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusDto {
+    Todo,
+    InProgress,
+    Done,
+}
+
+impl From<Status> for StatusDto {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Todo => StatusDto::Todo,
+            Status::InProgress => StatusDto::InProgress,
+            Status::Done => StatusDto::Done,
+        }
+    }
+}
+
+/// The body of `POST /api/tasks`. Unknown fields are refused (422), except the read-only
+/// fields of a task, which are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Documents the body; the handler parses it by hand.
+pub struct CreateTaskBody {
+    #[schema(example = "New Task", min_length = 1, max_length = 255)]
+    title: String,
+    /// Defaults to "".
+    #[schema(example = "Test task", max_length = 10000)]
+    description: Option<String>,
+    /// Defaults to `todo`.
+    status: Option<StatusDto>,
+}
+
+/// The body of `PUT` and `PATCH /api/tasks/{id}`: absent fields keep their value; a `null`
+/// description means ""; `id`, `version`, `created_at` and `updated_at` are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+#[allow(dead_code)] // Documents the body; the handler parses it by hand.
+pub struct UpdateTaskBody {
+    #[schema(example = "Updated Task", min_length = 1, max_length = 255)]
+    title: Option<String>,
+    #[schema(max_length = 10000)]
+    description: Option<String>,
+    status: Option<StatusDto>,
+}
+
+/// Counts of tasks per status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CountsDto {
+    pub todo: u64,
+    pub in_progress: u64,
+    pub done: u64,
+    pub total: u64,
+}
+
+impl From<StatusCounts> for CountsDto {
+    fn from(c: StatusCounts) -> Self {
+        CountsDto {
+            todo: c.todo,
+            in_progress: c.in_progress,
+            done: c.done,
+            total: c.total(),
+        }
+    }
+}
+
+/// A confirmation.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MessageDto {
+    #[schema(example = "Task deleted")]
+    pub message: &'static str,
+}
+
+/// The readiness report (the seed's fields).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthDto {
+    /// `healthy`, `degraded` (cache down), `unhealthy` (database down) or `draining`.
+    #[schema(example = "healthy")]
+    pub status: &'static str,
+    /// `connected` or `disconnected`.
+    #[schema(example = "connected")]
+    pub database: &'static str,
+    /// `connected`, `disconnected` or `disabled` (no cache configured).
+    #[schema(example = "connected")]
+    pub cache: &'static str,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+impl HealthDto {
+    pub fn now(status: &'static str, database: &'static str, cache: &'static str) -> Self {
+        HealthDto {
+            status,
+            database,
+            cache,
+            timestamp: rfc3339(Utc::now()),
+        }
+    }
+}
+
+/// The liveness report.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LiveDto {
+    #[schema(example = "alive")]
+    pub status: &'static str,
+}
+
+const READ_ONLY_FIELDS: [&str; 4] = ["id", "version", "created_at", "updated_at"];
+
+/// Parses a request body as a JSON object.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request(
+            "invalid_json",
+            "The request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::bad_request(
+            "invalid_json",
+            format!("The request body is not valid JSON: {e}"),
+        )),
+    }
+}
+
+fn refuse_unknown_fields(map: &Map<String, Value>, known: &[&str]) -> Result<(), ApiError> {
+    for key in map.keys() {
+        if !known.contains(&key.as_str()) && !READ_ONLY_FIELDS.contains(&key.as_str()) {
+            return Err(ApiError::validation(
+                key.chars().take(64).collect::<String>(),
+                "is not a field of a task",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn text_error(field: &'static str, e: TextError) -> ApiError {
+    ApiError::validation(field, e.to_string())
+}
+
+fn as_str<'a>(value: &'a Value, field: &'static str) -> Result<&'a str, ApiError> {
+    value
+        .as_str()
+        .ok_or_else(|| ApiError::validation(field, "must be a string"))
+}
+
+fn parse_title(value: &Value) -> Result<Title, ApiError> {
+    if value.is_null() {
+        return Err(ApiError::validation("title", "must not be null"));
+    }
+    Title::new(as_str(value, "title")?).map_err(|e| text_error("title", e))
+}
+
+fn parse_description(value: &Value) -> Result<Description, ApiError> {
+    if value.is_null() {
+        return Ok(Description::default());
+    }
+    Description::new(as_str(value, "description")?).map_err(|e| text_error("description", e))
+}
+
+fn parse_status(value: &Value) -> Result<Status, ApiError> {
+    if value.is_null() {
+        return Err(ApiError::validation("status", "must not be null"));
+    }
+    as_str(value, "status")?
+        .parse()
+        .map_err(|e: tasklane_domain::StatusError| ApiError::validation("status", e.to_string()))
+}
+
+/// Parses the body of a create.
+pub fn parse_create(body: &[u8]) -> Result<NewTask, ApiError> {
+    let map = parse_object(body)?;
+    refuse_unknown_fields(&map, &["title", "description", "status"])?;
+    let title = match map.get("title") {
+        None => return Err(ApiError::validation("title", "is required")),
+        Some(v) => parse_title(v)?,
+    };
+    let description = match map.get("description") {
+        None => Description::default(),
+        Some(v) => parse_description(v)?,
+    };
+    let status = match map.get("status") {
+        None => Status::Todo,
+        Some(v) => parse_status(v)?,
+    };
+    Ok(NewTask {
+        title,
+        description,
+        status,
+    })
+}
+
+/// Parses the body of a PUT or PATCH (JSON merge patch semantics).
+pub fn parse_patch(body: &[u8]) -> Result<TaskPatch, ApiError> {
+    let map = parse_object(body)?;
+    refuse_unknown_fields(&map, &["title", "description", "status"])?;
+    Ok(TaskPatch {
+        title: map.get("title").map(parse_title).transpose()?,
+        description: map.get("description").map(parse_description).transpose()?,
+        status: map.get("status").map(parse_status).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field_of(e: ApiError) -> Option<String> {
+        match e {
+            ApiError::Validation { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn create_defaults_and_validation() {
+        let t = parse_create(br#"{"title":"x"}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(t.status, Status::Todo);
+        assert_eq!(t.description.as_str(), "");
+        assert_eq!(
+            field_of(parse_create(b"{}").unwrap_err()),
+            Some("title".into())
+        );
+        assert_eq!(
+            field_of(parse_create(br#"{"title":5}"#).unwrap_err()),
+            Some("title".into())
+        );
+        assert_eq!(
+            field_of(parse_create(br#"{"title":"x","status":"nope"}"#).unwrap_err()),
+            Some("status".into())
+        );
+        assert_eq!(
+            field_of(parse_create(br#"{"title":"x","colour":"red"}"#).unwrap_err()),
+            Some("colour".into())
+        );
+        assert!(matches!(
+            parse_create(b"[1]").unwrap_err(),
+            ApiError::BadRequest { .. }
+        ));
+        assert!(matches!(
+            parse_create(b"{").unwrap_err(),
+            ApiError::BadRequest { .. }
+        ));
+    }
+
+    #[test]
+    fn patch_keeps_absent_fields_and_ignores_read_only_ones() {
+        let p = parse_patch(br#"{"status":"done","id":9,"version":3,"created_at":"x"}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.status, Some(Status::Done));
+        assert_eq!(p.title, None);
+        let p = parse_patch(br#"{"description":null}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(p.description, Some(Description::default()));
+        assert_eq!(
+            field_of(parse_patch(br#"{"title":null}"#).unwrap_err()),
+            Some("title".into())
+        );
+        assert_eq!(
+            field_of(parse_patch(br#"{"status":null}"#).unwrap_err()),
+            Some("status".into())
+        );
+    }
+}

@@ -1,0 +1,433 @@
+//! The task routes: list, counts, create, read, update (PUT and PATCH), delete.
+
+use crate::dto::{self, CountsDto, MessageDto, TaskDto};
+use crate::error::{ApiError, ErrorBody};
+use crate::http::{bytes_etag, if_match, if_none_match, read_json_body, task_etag};
+use crate::state::AppState;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::{BufMut, Bytes, BytesMut};
+use tasklane_domain::{Cursor, Limit, ListQuery, Page, SearchText, Task, TaskId};
+
+const JSON: &str = "application/json";
+
+fn task_id(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse(raw).ok_or(ApiError::TaskNotFound)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value).map_err(|e| ApiError::Internal(Box::new(e)))
+}
+
+/// A task response with its ETag.
+fn task_response(status: StatusCode, task: &Task) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::build(status)
+        .content_type(JSON)
+        .insert_header((header::ETAG, task_etag(task.version)))
+        .body(to_json(&TaskDto::from(task))?))
+}
+
+/// Parses the list query string. Empty values mean "not given"; a repeated parameter is 400.
+fn parse_list_query(query_string: &str) -> Result<ListQuery, ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query_string)
+        .map_err(|_| ApiError::bad_request("invalid_query", "The query string is malformed"))?;
+    let mut query = ListQuery::default();
+    let mut seen: Vec<&str> = Vec::new();
+    for (key, value) in &pairs {
+        let key = key.as_str();
+        if !matches!(key, "status" | "q" | "limit" | "cursor") {
+            continue;
+        }
+        if seen.contains(&key) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("The parameter {key} is given more than once"),
+            ));
+        }
+        seen.push(key);
+        if value.is_empty() {
+            continue;
+        }
+        match key {
+            "status" => {
+                query.status = Some(value.parse().map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_status",
+                        "status must be one of todo, in_progress, done",
+                    )
+                })?);
+            }
+            "q" => {
+                query.search = SearchText::new(value)
+                    .map_err(|e| ApiError::bad_request("invalid_search", format!("q {e}")))?;
+            }
+            "limit" => {
+                query.limit = Limit::parse(value)
+                    .map_err(|e| ApiError::bad_request("invalid_limit", format!("limit {e}")))?;
+            }
+            _ => {
+                query.cursor =
+                    Some(Cursor::decode(value).map_err(|e| {
+                        ApiError::bad_request("invalid_cursor", format!("cursor {e}"))
+                    })?);
+            }
+        }
+    }
+    Ok(query)
+}
+
+/// The relative URL of the page after this one.
+fn next_link(query: &ListQuery, next: Cursor) -> String {
+    let mut pairs: Vec<(&str, String)> = Vec::with_capacity(4);
+    if let Some(status) = query.status {
+        pairs.push(("status", status.as_str().to_owned()));
+    }
+    if let Some(q) = &query.search {
+        pairs.push(("q", q.as_str().to_owned()));
+    }
+    pairs.push(("limit", query.limit.get().to_string()));
+    pairs.push(("cursor", next.encode()));
+    let qs = serde_urlencoded::to_string(&pairs).unwrap_or_default();
+    format!("</api/tasks?{qs}>; rel=\"next\"")
+}
+
+/// A rendered list page as cached: its ETag, its `Link` header (maybe empty) and its body, in
+/// one buffer so that a cache hit is served without parsing or serializing anything.
+struct RenderedList {
+    blob: Bytes,
+    etag: (usize, usize),
+    link: (usize, usize),
+    body: usize,
+}
+
+const RENDERED_MAGIC: &[u8] = b"TL1\n";
+
+impl RenderedList {
+    fn render(query: &ListQuery, page: &Page) -> Bytes {
+        let dtos: Vec<TaskDto<'_>> = page.tasks.iter().map(TaskDto::from).collect();
+        let body = serde_json::to_vec(&dtos).unwrap_or_else(|_| b"[]".to_vec());
+        let etag = bytes_etag(&body);
+        let link = page.next.map(|c| next_link(query, c)).unwrap_or_default();
+        let mut blob = BytesMut::with_capacity(
+            RENDERED_MAGIC.len() + etag.len() + link.len() + body.len() + 2,
+        );
+        blob.put_slice(RENDERED_MAGIC);
+        blob.put_slice(etag.as_bytes());
+        blob.put_u8(b'\n');
+        blob.put_slice(link.as_bytes());
+        blob.put_u8(b'\n');
+        blob.put_slice(&body);
+        blob.freeze()
+    }
+
+    fn parse(blob: Bytes) -> Option<Self> {
+        let rest = blob.strip_prefix(RENDERED_MAGIC)?;
+        let start = RENDERED_MAGIC.len();
+        let etag_len = rest.iter().position(|b| *b == b'\n')?;
+        let link_start = start + etag_len + 1;
+        let link_len = blob[link_start..].iter().position(|b| *b == b'\n')?;
+        let body = link_start + link_len + 1;
+        std::str::from_utf8(&blob[start..body]).ok()?;
+        Some(Self {
+            etag: (start, start + etag_len),
+            link: (link_start, link_start + link_len),
+            body,
+            blob,
+        })
+    }
+
+    fn header(&self, (from, to): (usize, usize)) -> Option<HeaderValue> {
+        (to > from)
+            .then(|| HeaderValue::from_maybe_shared(self.blob.slice(from..to)).ok())
+            .flatten()
+    }
+}
+
+/// List tasks, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/tasks",
+    tag = "tasks",
+    params(
+        ("status" = Option<String>, Query, description = "Only tasks in this status: todo, in_progress or done"),
+        ("q" = Option<String>, Query, description = "Case-insensitive substring of the title or description (at most 255 characters; % and _ match literally)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to 500 (default 100)"),
+        ("cursor" = Option<String>, Query, description = "Opaque cursor from a previous page's Link header"),
+    ),
+    responses(
+        (status = 200, description = "A page of tasks, newest first", body = Vec<TaskDto>,
+            headers(("ETag" = String), ("Link" = String, description = "RFC 8288 link to the next page, when more tasks exist"))),
+        (status = 304, description = "Not modified since the ETag given in If-None-Match"),
+        (status = 400, description = "A bad status, q, limit or cursor", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn list_tasks(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let query = parse_list_query(req.query_string())?;
+    let mut blob = state
+        .service
+        .list_rendered(&query, |page| RenderedList::render(&query, page))
+        .await?;
+    let rendered = match RenderedList::parse(blob) {
+        Some(r) => r,
+        None => {
+            // Only a cache entry from a buggy or foreign writer can get here: answer from the
+            // store instead of failing.
+            tracing::warn!("unreadable cached list page; rendering afresh");
+            let page = state.service.list(&query).await?;
+            blob = RenderedList::render(&query, &page);
+            RenderedList::parse(blob)
+                .ok_or_else(|| ApiError::Internal("rendered list unreadable".into()))?
+        }
+    };
+    let etag = rendered
+        .header(rendered.etag)
+        .ok_or_else(|| ApiError::Internal("rendered list without ETag".into()))?;
+    let not_modified = etag.to_str().is_ok_and(|e| if_none_match(req.headers(), e));
+    let mut res = if not_modified {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    res.insert_header((header::ETAG, etag));
+    if let Some(link) = rendered.header(rendered.link) {
+        res.insert_header((header::LINK, link));
+    }
+    if not_modified {
+        return Ok(res.finish());
+    }
+    Ok(res
+        .content_type(JSON)
+        .body(rendered.blob.slice(rendered.body..)))
+}
+
+/// The number of tasks in each status.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/counts",
+    tag = "tasks",
+    responses(
+        (status = 200, description = "Counts per status", body = CountsDto),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn task_counts(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let counts = state.service.counts().await?;
+    Ok(HttpResponse::Ok()
+        .content_type(JSON)
+        .body(to_json(&CountsDto::from(counts))?))
+}
+
+/// Create a task.
+#[utoipa::path(
+    post,
+    path = "/api/tasks",
+    tag = "tasks",
+    request_body(content = dto::CreateTaskBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = TaskDto,
+            headers(("Location" = String, description = "The new task's URL"), ("ETag" = String))),
+        (status = 400, description = "Not a JSON object", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn create_task(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let body = read_json_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
+    let new = dto::parse_create(&body)?;
+    let task = state.service.create(new).await?;
+    let mut res = task_response(StatusCode::CREATED, &task)?;
+    if let Ok(location) = HeaderValue::from_str(&format!("/api/tasks/{}", task.id)) {
+        res.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(res)
+}
+
+/// Read a task.
+#[utoipa::path(
+    get,
+    path = "/api/tasks/{id}",
+    tag = "tasks",
+    params(("id" = i64, Path, description = "The task's id")),
+    responses(
+        (status = 200, description = "The task", body = TaskDto, headers(("ETag" = String))),
+        (status = 304, description = "Not modified since the ETag given in If-None-Match"),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn get_task(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let task = state.service.get(task_id(&id)?).await?;
+    let etag = task_etag(task.version);
+    if if_none_match(req.headers(), &etag) {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
+    task_response(StatusCode::OK, &task)
+}
+
+/// Update a task: absent fields keep their value. PUT and PATCH (JSON merge patch) behave alike.
+#[utoipa::path(
+    put,
+    path = "/api/tasks/{id}",
+    tag = "tasks",
+    params(
+        ("id" = i64, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only update if the task's ETag is still this"),
+    ),
+    request_body(content = dto::UpdateTaskBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated task", body = TaskDto, headers(("ETag" = String))),
+        (status = 400, description = "Not a JSON object", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 412, description = "The task changed since the If-Match ETag", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn update_task(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&id)?;
+    let body = read_json_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
+    let patch = dto::parse_patch(&body)?;
+    let task = state
+        .service
+        .update(id, patch, if_match(req.headers()))
+        .await?;
+    task_response(StatusCode::OK, &task)
+}
+
+/// Update a task with a JSON merge patch (RFC 7396); the same as PUT.
+#[utoipa::path(
+    patch,
+    path = "/api/tasks/{id}",
+    tag = "tasks",
+    params(
+        ("id" = i64, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only update if the task's ETag is still this"),
+    ),
+    request_body(content = dto::UpdateTaskBody, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "The updated task", body = TaskDto, headers(("ETag" = String))),
+        (status = 400, description = "Not a JSON object", body = ErrorBody),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 412, description = "The task changed since the If-Match ETag", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn patch_task(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    update_task(req, id, payload, state).await
+}
+
+/// Delete a task.
+#[utoipa::path(
+    delete,
+    path = "/api/tasks/{id}",
+    tag = "tasks",
+    params(
+        ("id" = i64, Path, description = "The task's id"),
+        ("If-Match" = Option<String>, Header, description = "Only delete if the task's ETag is still this"),
+    ),
+    responses(
+        (status = 200, description = "Deleted", body = MessageDto),
+        (status = 404, description = "No such task", body = ErrorBody),
+        (status = 412, description = "The task changed since the If-Match ETag", body = ErrorBody),
+        (status = 503, description = "The database is unavailable", body = ErrorBody),
+    )
+)]
+pub async fn delete_task(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let id = task_id(&id)?;
+    state.service.delete(id, if_match(req.headers())).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(JSON)
+        .body(to_json(&MessageDto {
+            message: "Task deleted",
+        })?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(r: Result<ListQuery, ApiError>) -> Option<&'static str> {
+        match r {
+            Err(ApiError::BadRequest { code, .. }) => Some(code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn list_query_parsing() {
+        let q = parse_list_query("status=done&q=a%25b&limit=5").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(q.status, Some(tasklane_domain::Status::Done));
+        assert_eq!(
+            q.search.map(|s| s.as_str().to_owned()),
+            Some("a%b".to_owned())
+        );
+        assert_eq!(q.limit.get(), 5);
+        assert_eq!(
+            parse_list_query("status=&q=&cursor=&other=1").ok(),
+            Some(ListQuery::default())
+        );
+        assert_eq!(
+            code_of(parse_list_query("status=nope")),
+            Some("invalid_status")
+        );
+        assert_eq!(code_of(parse_list_query("limit=0")), Some("invalid_limit"));
+        assert_eq!(
+            code_of(parse_list_query("limit=100000")),
+            Some("invalid_limit")
+        );
+        assert_eq!(
+            code_of(parse_list_query("cursor=zzz")),
+            Some("invalid_cursor")
+        );
+        assert_eq!(
+            code_of(parse_list_query("limit=1&limit=2")),
+            Some("invalid_query")
+        );
+    }
+
+    #[test]
+    fn rendered_lists_round_trip() {
+        let blob = RenderedList::render(&ListQuery::default(), &Page::default());
+        let r = RenderedList::parse(blob).unwrap_or_else(|| panic!("unparsable"));
+        assert_eq!(&r.blob[r.body..], b"[]");
+        assert!(r.header(r.etag).is_some());
+        assert!(r.header(r.link).is_none());
+        assert!(RenderedList::parse(Bytes::from_static(b"garbage")).is_none());
+    }
+}

@@ -1,0 +1,339 @@
+//! Wiring: settings in, adapters built, the database waited for and migrated, the listener
+//! bound (port 0 works: tests read the port back), and graceful shutdown on SIGTERM.
+
+use crate::routes;
+use crate::settings::{Settings, SettingsError};
+use crate::state::AppState;
+use crate::telemetry::request_id_middleware;
+use actix_cors::Cors;
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Condition, DefaultHeaders};
+use actix_web::{web, App, HttpServer};
+use secrecy::ExposeSecret;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tasklane_domain::{TaskCache, TaskService};
+use tasklane_postgres::{PgSettings, PgTaskRepository};
+use tasklane_redis::{RedisSettings, RedisTaskCache};
+
+/// Why the server could not start. Each message is one line meant for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("DATABASE_URL is not set: Tasklane needs a PostgreSQL database (postgres://user:password@host:5432/db)")]
+    NoDatabase,
+    #[error("the database at DATABASE_URL did not answer within {0:?}; last error: {1}")]
+    DatabaseUnreachable(Duration, String),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The wired use cases, for commands other than serving (migrate, demo-data).
+pub struct Wiring {
+    pub service: Arc<TaskService>,
+    pub repo: Arc<PgTaskRepository>,
+}
+
+fn pg_settings(settings: &Settings) -> Result<PgSettings, StartupError> {
+    let url = settings
+        .database_url
+        .as_ref()
+        .ok_or(StartupError::NoDatabase)?;
+    Ok(PgSettings {
+        url: url.expose_secret().to_owned(),
+        pool_size: settings.db_pool_size,
+        wait_timeout: Duration::from_millis(settings.db_wait_timeout_ms),
+        connect_timeout: Duration::from_millis(settings.db_connect_timeout_ms),
+        recycle_timeout: Duration::from_millis(settings.db_wait_timeout_ms),
+        query_timeout: Duration::from_millis(settings.db_query_timeout_ms),
+    })
+}
+
+/// Builds the pool, waits (with backoff, for `startup_timeout_secs`) until the database
+/// answers, and applies the migrations under the advisory lock.
+pub async fn connect_and_migrate(
+    settings: &Settings,
+) -> Result<tasklane_postgres::Pool, StartupError> {
+    let pg = pg_settings(settings)?;
+    let pool = tasklane_postgres::build_pool(&pg).map_err(|e| {
+        StartupError::Settings(SettingsError::Invalid {
+            var: "DATABASE_URL".to_owned(),
+            reason: e.to_string(),
+        })
+    })?;
+    let limit = Duration::from_secs(settings.startup_timeout_secs);
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        match tasklane_postgres::migrate(&pool).await {
+            Ok(applied) => {
+                tracing::info!(applied, "database ready; migrations applied");
+                return Ok(pool);
+            }
+            Err(e) if migration_retryable(&e) => {
+                if started.elapsed() + backoff > limit {
+                    return Err(StartupError::DatabaseUnreachable(limit, error_chain(&e)));
+                }
+                tracing::warn!(attempt, error = %e, retry_in = ?backoff, "database not reachable yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(StartupError::Migration(error_chain(&e))),
+        }
+    }
+}
+
+/// Is this a database that is not there yet (worth waiting for), rather than a broken migration?
+fn migration_retryable(e: &tasklane_postgres::MigrateError) -> bool {
+    use tasklane_postgres::MigrateError;
+    match e {
+        MigrateError::Connect(_) => true,
+        MigrateError::Database(e) => e.is_closed() || e.code().is_none(),
+        MigrateError::Failed { .. } | MigrateError::Changed { .. } => false,
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}
+
+/// Builds the adapters and the service.
+pub async fn wire(settings: &Settings) -> Result<Wiring, StartupError> {
+    let pool = connect_and_migrate(settings).await?;
+    let repo = Arc::new(PgTaskRepository::new(
+        pool,
+        Duration::from_millis(settings.db_query_timeout_ms),
+    ));
+    let cache: Option<Arc<dyn TaskCache>> = match &settings.redis_url {
+        None => {
+            tracing::info!("REDIS_URL is not set: lists are not cached");
+            None
+        }
+        Some(url) => {
+            let cache = RedisTaskCache::new(RedisSettings {
+                url: url.expose_secret().to_owned(),
+                key_prefix: settings.cache_key_prefix.clone(),
+                ttl: Duration::from_secs(settings.cache_ttl_secs),
+                pool_size: settings.cache_pool_size,
+                breaker_threshold: settings.cache_breaker_threshold,
+                breaker_cooldown: Duration::from_millis(settings.cache_breaker_cooldown_ms),
+            })
+            .map_err(|e| {
+                StartupError::Settings(SettingsError::Invalid {
+                    var: "REDIS_URL".to_owned(),
+                    reason: e.to_string(),
+                })
+            })?;
+            Some(Arc::new(cache))
+        }
+    };
+    tracing::info!(
+        store = "postgres",
+        cache = if cache.is_some() { "redis" } else { "none" },
+        "storage wired"
+    );
+    let service = Arc::new(TaskService::new(
+        repo.clone(),
+        cache,
+        settings.cache_timeout(),
+    ));
+    Ok(Wiring { service, repo })
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: AppState,
+    drain_delay: Duration,
+}
+
+/// Triggers the same graceful shutdown as SIGTERM (tests use it).
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    server: ServerHandle,
+    draining: Arc<AtomicBool>,
+    drain_delay: Duration,
+}
+
+impl ShutdownHandle {
+    /// Readiness turns 503 at once; after the drain delay the listener closes and in-flight
+    /// requests get the shutdown timeout to finish.
+    pub async fn shutdown(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        tracing::info!(drain_delay = ?self.drain_delay, "shutting down: readiness is 503, draining");
+        tokio::time::sleep(self.drain_delay).await;
+        tracing::info!("closing the listener; finishing in-flight requests");
+        self.server.stop(true).await;
+    }
+}
+
+/// The API's security headers, on every response.
+fn api_headers() -> DefaultHeaders {
+    DefaultHeaders::new()
+        .add((header::CACHE_CONTROL, "no-cache"))
+        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((header::REFERRER_POLICY, "no-referrer"))
+        .add((header::X_FRAME_OPTIONS, "DENY"))
+}
+
+fn cors(origins: &[String]) -> Cors {
+    origins
+        .iter()
+        .fold(Cors::default(), |cors, origin| cors.allowed_origin(origin))
+        .allowed_methods(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"])
+        .allowed_headers([
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG, header::LOCATION, header::LINK])
+        .max_age(600)
+}
+
+impl Application {
+    /// Wires everything and binds the listener (`TASKLANE_LISTEN`; port 0 picks a free port).
+    ///
+    /// # Errors
+    /// Any [`StartupError`].
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let wiring = wire(&settings).await?;
+        Self::with_service(settings, wiring.service)
+    }
+
+    /// Binds the server around an already wired service.
+    ///
+    /// # Errors
+    /// When the listen address cannot be bound.
+    pub fn with_service(
+        settings: Settings,
+        service: Arc<TaskService>,
+    ) -> Result<Self, StartupError> {
+        let addr = settings.listen_addr()?;
+        let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?
+            .port();
+        let state = AppState {
+            service,
+            draining: Arc::new(AtomicBool::new(false)),
+            max_body_bytes: crate::http::MAX_BODY_BYTES,
+            body_timeout: Duration::from_secs(10),
+        };
+        let origins = settings.cors_origins();
+        let data = web::Data::new(state.clone());
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
+                .wrap(api_headers())
+                .wrap(from_fn(request_id_middleware))
+                .configure(routes::api)
+                .default_service(routes::fallback())
+        })
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout_secs);
+        if settings.workers > 0 {
+            server = server.workers(settings.workers);
+        }
+        let server = server
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?
+            .run();
+        tracing::info!(%addr, port, "listening");
+        Ok(Self {
+            port,
+            server,
+            state,
+            drain_delay: Duration::from_millis(settings.drain_delay_ms),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle {
+            server: self.server.handle(),
+            draining: self.state.draining.clone(),
+            drain_delay: self.drain_delay,
+        }
+    }
+
+    /// Serves until a graceful shutdown completes: SIGTERM or SIGINT start one, a second signal
+    /// stops at once.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.shutdown_handle();
+        let server_handle = self.server.handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tokio::select! {
+                () = handle.shutdown() => {}
+                () = wait_for_signal() => {
+                    tracing::warn!("second signal: stopping now");
+                    server_handle.stop(false).await;
+                }
+            }
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

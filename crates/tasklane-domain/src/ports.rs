@@ -1,0 +1,148 @@
+//! The ports: what the domain needs from a task store and from a cache. Adapters implement them.
+
+use crate::query::{ListQuery, Page, StatusCounts};
+use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::time::Instant;
+
+/// A boxed error from an adapter, kept for the log.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Every outcome of a [`TaskRepository`] call other than success.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// No task has this id.
+    #[error("task not found")]
+    NotFound,
+    /// The task exists but the write's [`Precondition`] does not hold.
+    #[error("the task changed since the given version")]
+    PreconditionFailed,
+    /// The store cannot be reached or is overloaded (pool exhausted, connection refused,
+    /// timed out). Worth retrying later; for a write, whether it happened is unknown.
+    #[error("the task store is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else: a bug or a broken invariant.
+    #[error("unexpected task store error")]
+    Unexpected(#[source] BoxError),
+}
+
+/// Durable storage of tasks.
+///
+/// Every write is atomic, bumps the task's version by one and sets `updated_at`, and keeps the
+/// per-status counts in step in the same transaction.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait TaskRepository: Send + Sync {
+    /// Stores a new task with version 1.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Unexpected` only.
+    async fn create(&self, new: NewTask) -> Result<Task, RepoError>;
+
+    /// # Errors
+    /// `NotFound` when no task has this id.
+    async fn get(&self, id: TaskId) -> Result<Task, RepoError>;
+
+    /// One page of tasks matching the query, newest first (`created_at DESC, id DESC`), starting
+    /// strictly after the cursor. `next` is set exactly when more matching tasks exist.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Unexpected` only.
+    async fn list(&self, query: &ListQuery) -> Result<Page, RepoError>;
+
+    /// Applies the patch: absent fields keep their value; the version goes up by one and
+    /// `updated_at` moves even when no field changes.
+    ///
+    /// # Errors
+    /// `NotFound` when no task has this id; `PreconditionFailed` when it exists but the
+    /// precondition does not hold (nothing is written).
+    async fn update(
+        &self,
+        id: TaskId,
+        patch: TaskPatch,
+        precondition: Precondition,
+    ) -> Result<Task, RepoError>;
+
+    /// # Errors
+    /// As for [`TaskRepository::update`].
+    async fn delete(&self, id: TaskId, precondition: Precondition) -> Result<(), RepoError>;
+
+    /// The number of tasks in each status, in O(1) (not a scan of the tasks).
+    ///
+    /// # Errors
+    /// `Unavailable` or `Unexpected` only.
+    async fn counts(&self) -> Result<StatusCounts, RepoError>;
+
+    /// Proves the store answers a query now.
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not.
+    async fn ping(&self) -> Result<(), RepoError>;
+}
+
+/// A cache failure. The service never lets one fail a request.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The cache did not answer before the deadline, or refused the connection, or its circuit
+    /// breaker is open.
+    #[error("the cache is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// Anything else.
+    #[error("unexpected cache error")]
+    Unexpected(#[source] BoxError),
+}
+
+/// The cache's global generation: bumped after every committed write, so that an entry stored
+/// under an older generation is never served again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Generation(pub u64);
+
+/// The outcome of a cache lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// An entry stored under the current generation.
+    Hit(Bytes),
+    /// No usable entry. Carries the generation read in the same round trip, under which a value
+    /// computed from the store *after* this lookup may be stored; `None` when the cache has no
+    /// generation yet (then nothing should be stored this time).
+    Miss(Option<Generation>),
+}
+
+/// A shared cache of rendered list pages, keyed by [`ListQuery::cache_key`]. Values are opaque
+/// bytes: the caller decides what they hold.
+///
+/// Contract: `lookup` returns `Hit` only for an entry stored under the generation current at
+/// the time of the lookup (read in the same round trip); an entry that cannot be read (corrupt,
+/// wrong format, other release's schema) is a `Miss`. Every call gives up at `deadline`.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait TaskCache: Send + Sync {
+    /// # Errors
+    /// `Unavailable` when the cache cannot answer by the deadline.
+    async fn lookup(&self, key: &str, deadline: Instant) -> Result<CacheLookup, CacheError>;
+
+    /// Stores `value` as computed under `generation`. Entries expire after the adapter's TTL.
+    ///
+    /// # Errors
+    /// `Unavailable` when the cache cannot answer by the deadline.
+    async fn store(
+        &self,
+        key: &str,
+        generation: Generation,
+        value: Bytes,
+        deadline: Instant,
+    ) -> Result<(), CacheError>;
+
+    /// Moves the generation on, so that no entry stored before is served again.
+    ///
+    /// # Errors
+    /// `Unavailable` when the cache cannot answer by the deadline.
+    async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError>;
+
+    /// Proves the cache answers now.
+    ///
+    /// # Errors
+    /// `Unavailable` when it does not.
+    async fn ping(&self, deadline: Instant) -> Result<(), CacheError>;
+}

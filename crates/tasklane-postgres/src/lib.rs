@@ -1,0 +1,18 @@
+//! Tasklane's PostgreSQL adapter: the [`TaskRepository`](tasklane_domain::TaskRepository) port on
+//! tokio-postgres and a deadpool pool, and the schema migrations embedded from
+//! `migrations/postgres/`.
+//!
+//! Start-up is [`build_pool`] (makes no connection), then [`migrate`], then
+//! [`PgTaskRepository::new`]. Every call the repository makes is bounded in time: waiting for,
+//! creating and recycling a pooled connection by the pool's timeouts, and each query by the
+//! repository's query timeout, after which the connection is cancelled and discarded.
+
+mod errors;
+mod migrate;
+mod repository;
+mod settings;
+
+pub use deadpool_postgres::Pool;
+pub use migrate::{migrate, migrations, schema_fingerprint, MigrateError, Migration};
+pub use repository::PgTaskRepository;
+pub use settings::{build_pool, PgSettings, SetupError};

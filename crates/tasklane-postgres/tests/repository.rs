@@ -1,0 +1,796 @@
+//! `PgTaskRepository` against the machine's real PostgreSQL, each test in a database of its own.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use chrono::{DateTime, Duration as TimeDelta, TimeZone, Utc};
+use std::time::{Duration, Instant};
+use tasklane_domain::{
+    Cursor, Description, Limit, ListQuery, NewTask, Precondition, RepoError, SearchText, Status,
+    StatusCounts, Task, TaskId, TaskPatch, TaskRepository, Title, Version,
+};
+use tasklane_postgres::{build_pool, PgTaskRepository};
+use tasklane_testkit::db::{pg_settings, TestDb};
+
+fn new_task(title: &str, description: &str, status: Status) -> NewTask {
+    NewTask {
+        title: Title::new(title).unwrap(),
+        description: Description::new(description).unwrap(),
+        status,
+    }
+}
+
+async fn create(repo: &PgTaskRepository, title: &str, status: Status) -> Task {
+    repo.create(new_task(title, "", status)).await.unwrap()
+}
+
+fn title_patch(title: &str) -> TaskPatch {
+    TaskPatch {
+        title: Some(Title::new(title).unwrap()),
+        ..TaskPatch::default()
+    }
+}
+
+fn status_patch(status: Status) -> TaskPatch {
+    TaskPatch {
+        status: Some(status),
+        ..TaskPatch::default()
+    }
+}
+
+fn at(year: i32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(year, 1, 1, 0, 0, 0).unwrap()
+}
+
+/// Sets `created_at` (and `updated_at`, which may not be earlier) behind the repository's back,
+/// to make ties and known orders.
+async fn set_created_at(db: &TestDb, ids: &[TaskId], when: DateTime<Utc>) {
+    let ids: Vec<i64> = ids.iter().map(|id| id.get()).collect();
+    db.client()
+        .await
+        .execute(
+            "UPDATE tasks SET created_at = $1, updated_at = $1 WHERE id = ANY($2)",
+            &[&when, &ids],
+        )
+        .await
+        .unwrap();
+}
+
+/// Every page of `query`, following `next` until it is absent.
+async fn all_pages(repo: &PgTaskRepository, mut query: ListQuery) -> Vec<Vec<Task>> {
+    let mut pages = Vec::new();
+    loop {
+        let page = repo.list(&query).await.unwrap();
+        assert!(page.tasks.len() <= query.limit.get() as usize);
+        let next = page.next;
+        pages.push(page.tasks);
+        match next {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return pages,
+        }
+        assert!(pages.len() < 1000, "the cursor does not advance");
+    }
+}
+
+fn ids(tasks: &[Task]) -> Vec<i64> {
+    tasks.iter().map(|t| t.id.get()).collect()
+}
+
+fn search(text: &str) -> ListQuery {
+    ListQuery {
+        search: SearchText::new(text).unwrap(),
+        ..ListQuery::default()
+    }
+}
+
+/// What a `COUNT(*)` over the table says, to check the counters against.
+async fn counted(db: &TestDb) -> StatusCounts {
+    let mut counts = StatusCounts::default();
+    for row in db
+        .client()
+        .await
+        .query("SELECT status, count(*) FROM tasks GROUP BY status", &[])
+        .await
+        .unwrap()
+    {
+        let status: String = row.get(0);
+        let n: i64 = row.get(1);
+        counts.set(status.parse().unwrap(), u64::try_from(n).unwrap());
+    }
+    counts
+}
+
+fn counts(todo: u64, in_progress: u64, done: u64) -> StatusCounts {
+    StatusCounts {
+        todo,
+        in_progress,
+        done,
+    }
+}
+
+#[tokio::test]
+async fn create_stores_version_1_and_get_reads_back_the_same_task() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+
+    let task = repo
+        .create(new_task(
+            "Learn Docker",
+            "Complete Docker tutorial series",
+            Status::InProgress,
+        ))
+        .await
+        .unwrap();
+
+    assert_eq!(task.title.as_str(), "Learn Docker");
+    assert_eq!(task.description.as_str(), "Complete Docker tutorial series");
+    assert_eq!(task.status, Status::InProgress);
+    assert_eq!(task.version, Version::new(1));
+    assert_eq!(task.updated_at, task.created_at);
+    assert_eq!(repo.get(task.id).await.unwrap(), task);
+
+    // The longest values the domain allows, in multi-byte characters, survive the round trip.
+    let long = repo
+        .create(new_task(
+            &"é".repeat(255),
+            &"🦀".repeat(10_000),
+            Status::Done,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(repo.get(long.id).await.unwrap(), long);
+    assert_eq!(long.title.as_str().chars().count(), 255);
+    assert!(long.id.get() > task.id.get());
+}
+
+#[tokio::test]
+async fn get_of_an_unknown_id_is_not_found() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+
+    let missing = TaskId::new(i64::MAX).unwrap();
+    assert!(matches!(repo.get(missing).await, Err(RepoError::NotFound)));
+}
+
+#[tokio::test]
+async fn list_is_newest_first_with_ties_broken_by_the_higher_id() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        tasks.push(create(&repo, &format!("task {i}"), Status::Todo).await);
+    }
+    let t: Vec<TaskId> = tasks.iter().map(|t| t.id).collect();
+    // The three oldest ids are the newest tasks, three to a timestamp: created_at decides first,
+    // then the id.
+    set_created_at(&db, &t[..3], at(2030)).await;
+    set_created_at(&db, &t[3..], at(2020)).await;
+
+    let page = repo.list(&ListQuery::default()).await.unwrap();
+
+    let expected: Vec<i64> = [2, 1, 0, 5, 4, 3].iter().map(|&i| t[i].get()).collect();
+    assert_eq!(ids(&page.tasks), expected);
+    assert_eq!(page.next, None);
+    assert_eq!(page.tasks[0].created_at, at(2030));
+}
+
+#[tokio::test]
+async fn pages_follow_the_cursor_without_gaps_or_repeats() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let mut created = Vec::new();
+    for i in 0..24 {
+        created.push(create(&repo, &format!("task {i}"), Status::Todo).await);
+    }
+    // Four timestamps, six tasks each, interleaved with the ids: plenty of ties at page breaks.
+    let years = [2021, 2024, 2022, 2023];
+    for (k, year) in years.iter().enumerate() {
+        let group: Vec<TaskId> = created.iter().skip(k).step_by(4).map(|t| t.id).collect();
+        set_created_at(&db, &group, at(*year)).await;
+    }
+    let mut expected: Vec<(DateTime<Utc>, i64)> = created
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (at(years[i % 4]), t.id.get()))
+        .collect();
+    expected.sort_by(|a, b| b.cmp(a));
+    let expected: Vec<i64> = expected.into_iter().map(|(_, id)| id).collect();
+
+    for (limit, pages_expected) in [(1, 24), (4, 6), (5, 5), (23, 2), (24, 1), (500, 1)] {
+        let query = ListQuery {
+            limit: Limit::new(limit).unwrap(),
+            ..ListQuery::default()
+        };
+        let pages = all_pages(&repo, query).await;
+        let seen: Vec<i64> = pages.iter().flat_map(|p| ids(p)).collect();
+        assert_eq!(seen, expected, "limit {limit}");
+        assert_eq!(
+            pages.len(),
+            pages_expected,
+            "limit {limit}: no empty last page"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cursor_skips_tasks_created_after_it_and_keeps_its_place_after_deletes() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    for i in 0..5 {
+        create(&repo, &format!("task {i}"), Status::Todo).await;
+    }
+    let query = ListQuery {
+        limit: Limit::new(2).unwrap(),
+        ..ListQuery::default()
+    };
+    let first = repo.list(&query).await.unwrap();
+    let cursor = first.next.unwrap();
+    assert_eq!(cursor, Cursor::after(&first.tasks[1]));
+
+    // A newer task and the deletion of the cursor's own task change nothing after the cursor.
+    create(&repo, "newer", Status::Todo).await;
+    repo.delete(first.tasks[1].id, Precondition::None)
+        .await
+        .unwrap();
+    let rest = all_pages(
+        &repo,
+        ListQuery {
+            cursor: Some(cursor),
+            ..query
+        },
+    )
+    .await;
+    let rest: Vec<Task> = rest.into_iter().flatten().collect();
+    assert_eq!(rest.len(), 3);
+    assert!(rest.iter().all(|t| t.id.get() < first.tasks[1].id.get()));
+}
+
+#[tokio::test]
+async fn the_status_filter_lists_and_pages_only_that_status() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let mut done = Vec::new();
+    for i in 0..7 {
+        let status = [Status::Todo, Status::Done, Status::InProgress][i % 3];
+        let task = create(&repo, &format!("task {i}"), status).await;
+        if status == Status::Done {
+            done.push(task.id.get());
+        }
+    }
+    done.reverse();
+
+    let pages = all_pages(
+        &repo,
+        ListQuery {
+            status: Some(Status::Done),
+            limit: Limit::new(1).unwrap(),
+            ..ListQuery::default()
+        },
+    )
+    .await;
+
+    let seen: Vec<i64> = pages.iter().flat_map(|p| ids(p)).collect();
+    assert_eq!(seen, done);
+    assert!(pages.iter().flatten().all(|t| t.status == Status::Done));
+}
+
+#[tokio::test]
+async fn search_is_case_insensitive_unicode_aware_and_literal() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let mut made = Vec::new();
+    for (title, description, status) in [
+        ("ÉCOLE primaire", "", Status::Todo),
+        ("Buy milk", "near the école", Status::Done),
+        ("100% done", "", Status::Todo),
+        ("1000 done", "", Status::Todo),
+        ("snake_case", "", Status::Todo),
+        ("snakeXcase", "", Status::Todo),
+        ("C:\\temp", "", Status::Todo),
+        ("C:temp", "", Status::Todo),
+        ("Straße", "", Status::Todo),
+    ] {
+        made.push(
+            repo.create(new_task(title, description, status))
+                .await
+                .unwrap(),
+        );
+    }
+    let titles = |tasks: Vec<Task>| -> Vec<String> {
+        let mut t: Vec<String> = tasks.into_iter().map(|t| t.title.into_inner()).collect();
+        t.sort();
+        t
+    };
+    let found = |text: &'static str| {
+        let repo = repo.clone();
+        async move { titles(repo.list(&search(text)).await.unwrap().tasks) }
+    };
+
+    assert_eq!(found("école").await, ["Buy milk", "ÉCOLE primaire"]);
+    assert_eq!(found("ÉCOLE").await, ["Buy milk", "ÉCOLE primaire"]);
+    assert_eq!(found("MILK").await, ["Buy milk"]);
+    assert_eq!(
+        found("NEAR THE").await,
+        ["Buy milk"],
+        "the description is searched too"
+    );
+    assert_eq!(
+        found("STRASSE").await,
+        Vec::<String>::new(),
+        "no folding beyond case"
+    );
+    assert_eq!(found("straße").await, ["Straße"]);
+    assert_eq!(found("0%").await, ["100% done"], "% is literal");
+    assert_eq!(found("%").await, ["100% done"]);
+    assert_eq!(found("e_c").await, ["snake_case"], "_ is literal");
+    assert_eq!(found("_").await, ["snake_case"]);
+    assert_eq!(found("\\t").await, ["C:\\temp"], "\\ is literal");
+    assert_eq!(found("nothing like it").await, Vec::<String>::new());
+
+    // Combined with the status filter, and paged.
+    let done_ecole = repo
+        .list(&ListQuery {
+            status: Some(Status::Done),
+            ..search("école")
+        })
+        .await
+        .unwrap();
+    assert_eq!(titles(done_ecole.tasks), ["Buy milk"]);
+    let pages = all_pages(
+        &repo,
+        ListQuery {
+            limit: Limit::new(1).unwrap(),
+            ..search("done")
+        },
+    )
+    .await;
+    let seen: Vec<i64> = pages.iter().flat_map(|p| ids(p)).collect();
+    assert_eq!(seen, vec![made[3].id.get(), made[2].id.get()]);
+}
+
+#[tokio::test]
+async fn update_changes_only_the_given_fields_and_moves_version_and_updated_at() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let v1 = repo
+        .create(new_task("Build API", "Create RESTful API", Status::Todo))
+        .await
+        .unwrap();
+
+    let v2 = repo
+        .update(v1.id, status_patch(Status::Done), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(v2.status, Status::Done);
+    assert_eq!((&v2.title, &v2.description), (&v1.title, &v1.description));
+    assert_eq!(v2.version, Version::new(2));
+    assert_eq!(v2.created_at, v1.created_at);
+    assert!(v2.updated_at > v1.updated_at);
+
+    let v3 = repo
+        .update(
+            v1.id,
+            TaskPatch {
+                title: Some(Title::new("Build the API").unwrap()),
+                description: Some(Description::default()),
+                status: None,
+            },
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(v3.title.as_str(), "Build the API");
+    assert_eq!(v3.description.as_str(), "");
+    assert_eq!(v3.status, Status::Done);
+    assert_eq!(v3.version, Version::new(3));
+    assert!(v3.updated_at > v2.updated_at);
+
+    // An empty patch still counts as a change: new version, new updated_at.
+    let v4 = repo
+        .update(v1.id, TaskPatch::default(), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(v4.version, Version::new(4));
+    assert!(v4.updated_at > v3.updated_at);
+    assert_eq!(repo.get(v1.id).await.unwrap(), v4);
+}
+
+#[tokio::test]
+async fn updated_at_moves_forward_even_when_the_clock_does_not() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let task = create(&repo, "clock", Status::Todo).await;
+    // As if the last write came from a server whose clock was an hour ahead.
+    let ahead = task.created_at + TimeDelta::hours(1);
+    db.client()
+        .await
+        .execute(
+            "UPDATE tasks SET updated_at = $1 WHERE id = $2",
+            &[&ahead, &task.id.get()],
+        )
+        .await
+        .unwrap();
+
+    let updated = repo
+        .update(task.id, TaskPatch::default(), Precondition::None)
+        .await
+        .unwrap();
+
+    assert_eq!(updated.updated_at, ahead + TimeDelta::microseconds(1));
+}
+
+#[tokio::test]
+async fn update_preconditions_refuse_without_writing() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let v1 = create(&repo, "original", Status::Todo).await;
+    let missing = TaskId::new(v1.id.get() + 1000).unwrap();
+
+    let v2 = repo
+        .update(
+            v1.id,
+            title_patch("second"),
+            Precondition::Version(v1.version),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v2.version, Version::new(2));
+
+    // A stale version, and a condition that can never hold: refused, nothing written.
+    for stale in [
+        Precondition::Version(v1.version),
+        Precondition::Version(Version::new(99)),
+        Precondition::Never,
+    ] {
+        let refused = repo.update(v1.id, status_patch(Status::Done), stale).await;
+        assert!(
+            matches!(refused, Err(RepoError::PreconditionFailed)),
+            "{stale:?}: {refused:?}"
+        );
+        assert_eq!(repo.get(v1.id).await.unwrap(), v2, "{stale:?}");
+    }
+    assert_eq!(repo.counts().await.unwrap(), counts(1, 0, 0));
+
+    let v3 = repo
+        .update(v1.id, title_patch("third"), Precondition::Exists)
+        .await
+        .unwrap();
+    assert_eq!(v3.version, Version::new(3));
+
+    for any in [
+        Precondition::None,
+        Precondition::Exists,
+        Precondition::Version(Version::new(1)),
+        Precondition::Never,
+    ] {
+        let outcome = repo.update(missing, title_patch("x"), any).await;
+        assert!(
+            matches!(outcome, Err(RepoError::NotFound)),
+            "{any:?}: {outcome:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn delete_honours_preconditions_and_reports_not_found() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let task = create(&repo, "doomed", Status::Done).await;
+
+    for refused in [Precondition::Version(Version::new(2)), Precondition::Never] {
+        assert!(matches!(
+            repo.delete(task.id, refused).await,
+            Err(RepoError::PreconditionFailed)
+        ));
+        assert_eq!(repo.get(task.id).await.unwrap(), task);
+    }
+
+    repo.delete(task.id, Precondition::Version(task.version))
+        .await
+        .unwrap();
+
+    assert!(matches!(repo.get(task.id).await, Err(RepoError::NotFound)));
+    for any in [
+        Precondition::None,
+        Precondition::Exists,
+        Precondition::Version(task.version),
+        Precondition::Never,
+    ] {
+        assert!(
+            matches!(repo.delete(task.id, any).await, Err(RepoError::NotFound)),
+            "{any:?}"
+        );
+    }
+    assert_eq!(repo.counts().await.unwrap(), StatusCounts::default());
+    assert!(repo
+        .list(&ListQuery::default())
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+
+    let other = create(&repo, "kept", Status::Todo).await;
+    repo.delete(other.id, Precondition::Exists).await.unwrap();
+}
+
+#[tokio::test]
+async fn counts_follow_creates_status_changes_and_deletes() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    assert_eq!(repo.counts().await.unwrap(), StatusCounts::default());
+
+    let mut tasks = Vec::new();
+    for status in [
+        Status::Todo,
+        Status::Todo,
+        Status::Todo,
+        Status::InProgress,
+        Status::InProgress,
+        Status::Done,
+    ] {
+        tasks.push(create(&repo, "t", status).await);
+    }
+    assert_eq!(repo.counts().await.unwrap(), counts(3, 2, 1));
+
+    repo.update(tasks[0].id, status_patch(Status::Done), Precondition::None)
+        .await
+        .unwrap();
+    // Neither a title change nor setting the same status moves a count.
+    repo.update(tasks[1].id, title_patch("renamed"), Precondition::None)
+        .await
+        .unwrap();
+    repo.update(
+        tasks[3].id,
+        status_patch(Status::InProgress),
+        Precondition::None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(repo.counts().await.unwrap(), counts(2, 2, 2));
+
+    repo.delete(tasks[5].id, Precondition::None).await.unwrap();
+    repo.delete(tasks[4].id, Precondition::None).await.unwrap();
+    assert_eq!(repo.counts().await.unwrap(), counts(2, 1, 1));
+    assert_eq!(repo.counts().await.unwrap(), counted(&db).await);
+}
+
+#[tokio::test]
+async fn counts_are_read_from_the_counters_not_by_scanning_tasks() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    create(&repo, "one", Status::Done).await;
+    let client = db.client().await;
+    let rows: i64 = client
+        .query_one("SELECT count(*) FROM task_status_counts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 48, "3 statuses x 16 shards");
+
+    // Bump one shard behind the table's back: counts() must reflect the counters, which it can
+    // only do if it reads them (a COUNT(*) over tasks would still say 1).
+    client
+        .execute(
+            "UPDATE task_status_counts SET n = n + 40 WHERE status = 'done' AND shard = 3",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(repo.counts().await.unwrap(), counts(0, 0, 41));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_keep_counts_exact_without_deadlocks() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 8;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+
+    // Eight writers create at once, each on its own connection (so several counter shards).
+    let creators = (0..8).map(|w| {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            let mut made = Vec::new();
+            for i in 0..20 {
+                let status = if (w + i) % 2 == 0 {
+                    Status::Todo
+                } else {
+                    Status::Done
+                };
+                made.push(create(&repo, &format!("w{w} t{i}"), status).await);
+            }
+            made
+        })
+    });
+    let mut all: Vec<Task> = Vec::new();
+    for made in futures_util::future::join_all(creators).await {
+        all.extend(made.unwrap());
+    }
+    assert_eq!(repo.counts().await.unwrap(), counts(80, 0, 80));
+    assert_eq!(repo.counts().await.unwrap(), counted(&db).await);
+
+    // Then opposite moves at once (todo -> done and done -> todo on the same shards), title
+    // edits, deletes and more creates: no deadlock, and the counts still match the table.
+    let movers = all.chunks(10).enumerate().map(|(k, chunk)| {
+        let repo = repo.clone();
+        let chunk = chunk.to_vec();
+        tokio::spawn(async move {
+            for task in chunk {
+                let flipped = if task.status == Status::Todo {
+                    Status::Done
+                } else {
+                    Status::Todo
+                };
+                match k % 4 {
+                    0 => repo.delete(task.id, Precondition::None).await.map(drop),
+                    1 => repo
+                        .update(task.id, title_patch("edited"), Precondition::None)
+                        .await
+                        .map(drop),
+                    _ => repo
+                        .update(task.id, status_patch(flipped), Precondition::None)
+                        .await
+                        .map(drop),
+                }
+                .unwrap();
+                repo.create(new_task("late", "", Status::InProgress))
+                    .await
+                    .unwrap();
+            }
+        })
+    });
+    for mover in futures_util::future::join_all(movers).await {
+        mover.unwrap();
+    }
+
+    let now = repo.counts().await.unwrap();
+    assert_eq!(now, counted(&db).await);
+    assert_eq!(now.in_progress, 160);
+    assert_eq!(now.total(), 160 + 160 - 40);
+}
+
+#[tokio::test]
+async fn ping_answers_when_the_database_does() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    repo.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_statement_blocked_past_the_query_timeout_is_unavailable_and_cancelled() {
+    let db = TestDb::new().await;
+    let task = create(&db.repository().await, "locked", Status::Todo).await;
+    let impatient = PgTaskRepository::new(db.pool().await, Duration::from_millis(50));
+    assert_eq!(impatient.pool().status().size, 1);
+
+    // Another session holds the row lock the UPDATE needs, for as long as this test wants.
+    let blocker = db.client().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM tasks WHERE id = {} FOR UPDATE",
+            task.id
+        ))
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let outcome = impatient
+        .update(task.id, title_patch("should not land"), Precondition::None)
+        .await;
+    let took = started.elapsed();
+
+    assert!(
+        matches!(outcome, Err(RepoError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(
+        impatient.pool().status().size,
+        0,
+        "the timed-out connection is not returned to the pool"
+    );
+
+    // The server stops waiting too: the UPDATE was cancelled, not left queued behind the lock
+    // to land once it is released.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting: i64 = blocker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the UPDATE is still waiting on the server"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    assert_eq!(impatient.get(task.id).await.unwrap(), task);
+}
+
+#[tokio::test]
+async fn an_exhausted_pool_is_unavailable_after_the_wait_timeout() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 1;
+    settings.wait_timeout = Duration::from_millis(100);
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let held = repo.pool().get().await.unwrap();
+
+    let started = Instant::now();
+    let outcome = repo.ping().await;
+
+    assert!(
+        matches!(outcome, Err(RepoError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(held);
+    repo.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_unavailable_quickly() {
+    // Nothing listens on port 1: the connection is refused.
+    let mut settings = pg_settings("postgres://postgres@127.0.0.1:1/postgres");
+    settings.connect_timeout = Duration::from_millis(500);
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let started = Instant::now();
+
+    assert!(matches!(repo.ping().await, Err(RepoError::Unavailable(_))));
+    assert!(matches!(
+        repo.get(TaskId::new(1).unwrap()).await,
+        Err(RepoError::Unavailable(_))
+    ));
+    assert!(matches!(
+        repo.list(&ListQuery::default()).await,
+        Err(RepoError::Unavailable(_))
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn the_schema_refuses_what_the_domain_refuses_and_a_row_that_slips_by_is_unexpected() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let task = create(&repo, "fine", Status::Todo).await;
+    let client = db.client().await;
+    let id = task.id.get();
+
+    for bad in [
+        "UPDATE tasks SET description = repeat('x', 10001) WHERE id = $1",
+        "UPDATE tasks SET title = '   ' WHERE id = $1",
+        "UPDATE tasks SET status = 'blocked' WHERE id = $1",
+        "UPDATE tasks SET version = 0 WHERE id = $1",
+        "UPDATE tasks SET updated_at = created_at - interval '1 second' WHERE id = $1",
+    ] {
+        let refused = client.execute(bad, &[&id]).await.err();
+        assert_eq!(
+            refused.as_ref().and_then(|e| e.code()),
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION),
+            "{bad}"
+        );
+    }
+
+    // The schema's blank check trims spaces only; the domain also calls a lone tab blank. Such a
+    // row is reported, not served.
+    client
+        .execute("UPDATE tasks SET title = E'\\t' WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+
+    let outcome = repo.get(task.id).await;
+
+    assert!(
+        matches!(outcome, Err(RepoError::Unexpected(_))),
+        "{outcome:?}"
+    );
+}

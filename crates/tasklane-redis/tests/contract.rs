@@ -1,0 +1,417 @@
+//! The cache contract, against the machine's shared Redis, each test under its own key prefix.
+
+mod common;
+
+use bytes::Bytes;
+use common::{cache, cause, deadline, is_unavailable, raw, settings, TestResult};
+use deadpool_redis::redis::{self, AsyncCommands};
+use std::time::{Duration, Instant};
+use tasklane_domain::{CacheLookup, Generation, TaskCache};
+use tasklane_redis::{BreakerState, RedisCacheError, RedisTaskCache, SetupError, SCHEMA};
+use tasklane_testkit::redis::{delete_prefix, shared_redis_url, unique_prefix};
+
+/// A cache on the shared Redis under a new prefix, with its generation already set.
+async fn ready_cache() -> Result<(RedisTaskCache, String, Generation), Box<dyn std::error::Error>> {
+    let prefix = unique_prefix();
+    let cache = cache(shared_redis_url(), prefix.clone())?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(None)
+    );
+    let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
+        return Err("no generation after the first lookup".into());
+    };
+    Ok((cache, prefix, generation))
+}
+
+fn entry_key(prefix: &str, schema: u32, key: &str) -> String {
+    format!("{prefix}:v{schema}:list:{key}")
+}
+
+async fn cleanup(prefix: &str) -> TestResult {
+    delete_prefix(&shared_redis_url(), prefix).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_miss_then_a_store_then_a_hit() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+
+    assert_eq!(
+        cache.lookup("status=todo", deadline()).await?,
+        CacheLookup::Miss(Some(generation))
+    );
+    cache
+        .store(
+            "status=todo",
+            generation,
+            Bytes::from_static(b"[1,2,3]"),
+            deadline(),
+        )
+        .await?;
+    assert_eq!(
+        cache.lookup("status=todo", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"[1,2,3]"))
+    );
+    // Another key is still a miss.
+    assert_eq!(
+        cache.lookup("status=done", deadline()).await?,
+        CacheLookup::Miss(Some(generation))
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn an_empty_value_is_cached_too() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache
+        .store("k", generation, Bytes::new(), deadline())
+        .await?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::new())
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_bump_turns_every_entry_into_a_miss_under_the_new_generation() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache
+        .store("a", generation, Bytes::from_static(b"old a"), deadline())
+        .await?;
+    cache
+        .store("b", generation, Bytes::from_static(b"old b"), deadline())
+        .await?;
+
+    cache.bump_generation(deadline()).await?;
+
+    let CacheLookup::Miss(Some(next)) = cache.lookup("a", deadline()).await? else {
+        return Err("an entry of the old generation was served".into());
+    };
+    assert_ne!(next, generation);
+    assert_eq!(
+        cache.lookup("b", deadline()).await?,
+        CacheLookup::Miss(Some(next))
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_value_stored_under_an_old_generation_is_never_served() -> TestResult {
+    // The race the generation exists for: a reader looks up, a writer commits and bumps, and
+    // the reader then stores what it read from the store before the write.
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache.bump_generation(deadline()).await?;
+    cache
+        .store("k", generation, Bytes::from_static(b"stale"), deadline())
+        .await?;
+
+    let lookup = cache.lookup("k", deadline()).await?;
+    assert!(
+        matches!(lookup, CacheLookup::Miss(Some(g)) if g != generation),
+        "{lookup:?}"
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_garbage_entry_is_a_miss_not_an_error() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let key = entry_key(&prefix, SCHEMA, "k");
+    let junk: [&[u8]; 4] = [
+        b"",
+        b"junk",
+        b"\x00\x00\x00\x00\x00\x00\x00",
+        b"definitely not a generation tag",
+    ];
+    for value in junk {
+        let () = conn.set(&key, value).await?;
+        assert_eq!(
+            cache.lookup("k", deadline()).await?,
+            CacheLookup::Miss(Some(generation)),
+            "entry {value:?}"
+        );
+    }
+    // A value of another type under the entry's key is no error either.
+    let () = conn.del(&key).await?;
+    let _: i64 = conn.rpush(&key, "x").await?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(generation))
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_fresh_prefix_has_no_generation_and_the_first_lookup_seeds_one() -> TestResult {
+    let prefix = unique_prefix();
+    let cache = cache(shared_redis_url(), prefix.clone())?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let gen_key = format!("{prefix}:gen");
+
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(None)
+    );
+    let seeded: Option<u64> = conn.get(&gen_key).await?;
+    let Some(seeded) = seeded else {
+        return Err("the lookup did not seed a generation".into());
+    };
+    // Random, not 1: entries that outlived an old generation key cannot look current.
+    assert!(seeded > 1 && seeded < 1 << 62, "{seeded}");
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(Generation(seeded)))
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_lookup_never_overwrites_an_existing_generation() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    for _ in 0..3 {
+        assert_eq!(
+            cache.lookup("k", deadline()).await?,
+            CacheLookup::Miss(Some(generation))
+        );
+    }
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_bump_on_a_fresh_prefix_starts_at_random_not_at_1() -> TestResult {
+    let prefix = unique_prefix();
+    let cache = cache(shared_redis_url(), prefix.clone())?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    // An entry left from an earlier life of the generation key, stored under generation 1.
+    let () = conn
+        .set(
+            entry_key(&prefix, SCHEMA, "k"),
+            [&1u64.to_be_bytes()[..], b"stale"].concat(),
+        )
+        .await?;
+
+    cache.bump_generation(deadline()).await?;
+
+    let generation: u64 = conn.get(format!("{prefix}:gen")).await?;
+    assert!(generation > 2, "{generation}");
+    assert!(matches!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(_))
+    ));
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_bump_moves_the_generation_on_by_one() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache.bump_generation(deadline()).await?;
+    cache.bump_generation(deadline()).await?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(Generation(generation.0 + 2)))
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_generation_key_that_is_not_a_number_is_replaced() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache
+        .store("k", generation, Bytes::from_static(b"v"), deadline())
+        .await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let gen_key = format!("{prefix}:gen");
+
+    let () = conn.set(&gen_key, "garbage").await?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(None)
+    );
+    let healed: Option<u64> = conn.get(&gen_key).await?;
+    assert!(healed.is_some_and(|g| g != generation.0), "{healed:?}");
+
+    // A bump, too, must get past it, or a debt of owed bumps could never be paid.
+    let () = conn.set(&gen_key, "garbage").await?;
+    cache.bump_generation(deadline()).await?;
+    let healed: Option<u64> = conn.get(&gen_key).await?;
+    assert!(healed.is_some(), "{healed:?}");
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn entries_expire_after_the_ttl() -> TestResult {
+    let prefix = unique_prefix();
+    let mut s = settings(shared_redis_url(), prefix.clone());
+    s.ttl = Duration::from_secs(30);
+    let cache = RedisTaskCache::new(s)?;
+    let _ = cache.lookup("k", deadline()).await?;
+    let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
+        return Err("no generation".into());
+    };
+    cache
+        .store("k", generation, Bytes::from_static(b"v"), deadline())
+        .await?;
+
+    let mut conn = raw(&shared_redis_url()).await?;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(entry_key(&prefix, SCHEMA, "k"))
+        .query_async(&mut conn)
+        .await?;
+    assert!(pttl > 25_000 && pttl <= 30_000, "PTTL {pttl}");
+    // The generation itself never expires.
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("{prefix}:gen"))
+        .query_async(&mut conn)
+        .await?;
+    assert_eq!(pttl, -1);
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn entries_of_another_schema_are_not_read() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    // What another release would have stored under the current generation.
+    let tagged = [&generation.0.to_be_bytes()[..], b"other release"].concat();
+    for other in [SCHEMA + 1, SCHEMA.saturating_sub(1)] {
+        let () = conn.set(entry_key(&prefix, other, "k"), &tagged).await?;
+    }
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(generation))
+    );
+
+    // And this release's entry is where the key layout says.
+    cache
+        .store("k", generation, Bytes::from_static(b"ours"), deadline())
+        .await?;
+    let ours: Vec<u8> = conn.get(entry_key(&prefix, SCHEMA, "k")).await?;
+    assert_eq!(ours, [&generation.0.to_be_bytes()[..], b"ours"].concat());
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_deadline_already_past_fails_at_once_without_blaming_redis() -> TestResult {
+    let (cache, prefix, _) = ready_cache().await?;
+    let past = Instant::now() - Duration::from_millis(1);
+    for _ in 0..10 {
+        let started = Instant::now();
+        let r = cache.lookup("k", past).await;
+        assert!(is_unavailable(&r), "{r:?}");
+        assert!(matches!(
+            r.as_ref().err().and_then(cause),
+            Some(RedisCacheError::NoTimeLeft)
+        ));
+        assert!(
+            started.elapsed() < common::BUDGET,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(is_unavailable(&cache.bump_generation(past).await));
+        assert!(is_unavailable(&cache.ping(past).await));
+    }
+    // The caller's spent budget is not Redis's failure.
+    assert_eq!(cache.breaker_state(), BreakerState::Closed);
+    cache.ping(deadline()).await?;
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn ping_answers() -> TestResult {
+    let cache = cache(shared_redis_url(), unique_prefix())?;
+    cache.ping(deadline()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn many_concurrent_calls_share_the_connection() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache
+        .store("k", generation, Bytes::from_static(b"v"), deadline())
+        .await?;
+    let cache = std::sync::Arc::new(cache);
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .lookup("k", Instant::now() + Duration::from_secs(2))
+                    .await
+            })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await??, CacheLookup::Hit(Bytes::from_static(b"v")));
+    }
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn setting_up_makes_no_connection() -> TestResult {
+    // Nothing listens on port 1: only a call would notice.
+    let cache = cache("redis://127.0.0.1:1".to_owned(), unique_prefix())?;
+    assert!(is_unavailable(&cache.ping(deadline()).await));
+    Ok(())
+}
+
+#[test]
+fn a_malformed_url_is_refused_without_repeating_it() -> TestResult {
+    for url in [
+        "redis://:s3cret-pw@localhost:notaport",
+        "http://user:s3cret-pw@localhost:6379",
+        "s3cret-pw",
+        "redis://:s3cret-pw@localhost:6379/notadb",
+    ] {
+        let r = cache(url.to_owned(), unique_prefix());
+        let Err(e) = r else {
+            return Err(format!("{url} was accepted").into());
+        };
+        assert!(matches!(e, SetupError::InvalidUrl(_)), "{e:?}");
+        let mut text = format!("{e} {e:?}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(&format!(" {s} {s:?}"));
+            source = s.source();
+        }
+        assert!(!text.contains("s3cret"), "{text}");
+    }
+    Ok(())
+}
+
+#[test]
+fn settings_do_not_show_the_password() {
+    let s = settings(
+        "redis://:s3cret-pw@localhost:6379".to_owned(),
+        unique_prefix(),
+    );
+    assert!(!format!("{s:?}").contains("s3cret"));
+}
+
+#[test]
+fn settings_out_of_range_are_refused() {
+    let url = shared_redis_url;
+    let mut cases = Vec::new();
+    let mut s = settings(url(), String::new());
+    cases.push(s.clone());
+    s = settings(url(), unique_prefix());
+    s.ttl = Duration::ZERO;
+    cases.push(s);
+    s = settings(url(), unique_prefix());
+    s.pool_size = 0;
+    cases.push(s);
+    s = settings(url(), unique_prefix());
+    s.breaker_threshold = 0;
+    cases.push(s);
+    for s in cases {
+        assert!(
+            matches!(
+                RedisTaskCache::new(s.clone()),
+                Err(SetupError::InvalidSetting(_))
+            ),
+            "{s:?}"
+        );
+    }
+}

@@ -1,0 +1,36 @@
+# Tasklane's recipes: `just --list` is the menu. CI runs `just ci` (the same as .ci/run).
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# List the recipes.
+default:
+    @just --list
+
+# Run Tasklane on http://127.0.0.1:5000 against the local PostgreSQL and Redis.
+run:
+    scripts/run.sh
+
+# Run every test (starts PostgreSQL and Redis if needed): the README's test command.
+test:
+    ./scripts/test.sh
+
+# What CI runs: format check, clippy, the domain's dependency rule, every test.
+ci:
+    bash .ci/run
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Lint: clippy with warnings as errors, and the domain's no-I/O rule.
+lint:
+    cargo clippy --workspace --all-targets --locked -- -D warnings
+    scripts/check-domain-deps.sh
+
+# Apply the database migrations to DATABASE_URL and exit.
+migrate:
+    cargo run --release --bin tasklane -- migrate
+
+# Insert the seed's three sample tasks (only into an empty database).
+demo-data:
+    cargo run --release --bin tasklane -- demo-data
