@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
-# Runs every Tasklane test, on a fresh machine too: starts (or installs) PostgreSQL and Redis,
-# builds the workspace once, then runs the Rust suites (unit, adapter, HTTP) with nextest.
+# Runs every Tasklane test, on a fresh machine too. Starts (or installs) PostgreSQL and Redis,
+# builds the workspace once, then runs, reusing that build:
+#   1. the Rust suites with nextest: domain units against mocks, the port contract suites against
+#      every adapter, adapter tests, HTTP tests of the real server;
+#   2. the browser tests (e2e/) in headless Chromium, against the embedded store and against
+#      PostgreSQL + Redis;
+#   3. the deployment checks (Compose, Dockerfiles, Kubernetes manifests, nginx config) and the
+#      process-level twin of the Compose stack (nginx + two tasklane replicas).
+# TASKLANE_TEST_ONLY=rust|e2e|deploy runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+only=${TASKLANE_TEST_ONLY:-all}
+want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
 
 scripts/services.sh
 
@@ -14,6 +24,23 @@ fi
 profile=default
 [ -n "${CI:-}" ] && profile=ci
 
-# One build of everything the suites need; the suites reuse it.
+# One build of everything the suites need; the suites below reuse it.
 cargo build --workspace --all-targets --locked
-cargo nextest run --workspace --locked --profile "$profile"
+bin="$(pwd)/target/debug/tasklane"
+[ -n "${CARGO_TARGET_DIR:-}" ] && bin="$CARGO_TARGET_DIR/debug/tasklane"
+
+if want rust; then
+  echo "== Rust suites (nextest)"
+  cargo nextest run --workspace --locked --profile "$profile"
+fi
+if want e2e; then
+  echo "== browser tests"
+  TASKLANE_BIN="$bin" scripts/e2e.sh
+fi
+if want deploy; then
+  echo "== deployment checks"
+  bash scripts/check-deploy.sh
+  echo "== process-level twin of the Compose stack"
+  TASKLANE_BIN="$bin" scripts/deploy-twin.sh
+fi
+echo "test: all suites passed"

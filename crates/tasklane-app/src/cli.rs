@@ -93,9 +93,8 @@ pub fn main(args: Vec<String>) -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            Command::Migrate => startup::connect_and_migrate(&settings)
+            Command::Migrate => startup::migrate_only(&settings)
                 .await
-                .map(|_| ())
                 .map_err(|e| e.to_string()),
             Command::DemoData { force } => demo_data(&settings, force).await,
             _ => serve(settings).await,
@@ -155,9 +154,10 @@ async fn demo_data(settings: &Settings, force: bool) -> Result<(), String> {
         };
         let task = wiring
             .service
-            .create(new)
+            .create(new, None)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .task;
         println!("inserted task {}: {}", task.id, task.title.as_str());
     }
     Ok(())

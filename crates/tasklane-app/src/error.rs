@@ -17,7 +17,7 @@ pub struct ErrorBody {
     /// A stable code for programs.
     #[schema(example = "task_not_found")]
     pub code: &'static str,
-    /// The offending field, on 422 responses.
+    /// The offending field (or header), on 422 responses.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
 }
@@ -35,6 +35,10 @@ pub enum ApiError {
     MethodNotAllowed { allow: &'static str },
     #[error("The task was changed since the version given in If-Match")]
     PreconditionFailed,
+    #[error("This Idempotency-Key was already used with a different request")]
+    IdempotencyKeyReused,
+    #[error("A request with this Idempotency-Key is still in progress; retry shortly")]
+    IdempotencyKeyInFlight,
     #[error("The request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("The request body took too long to arrive")]
@@ -71,6 +75,8 @@ impl ApiError {
             ApiError::RouteNotFound => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::PreconditionFailed => "precondition_failed",
+            ApiError::IdempotencyKeyReused => "idempotency_key_reused",
+            ApiError::IdempotencyKeyInFlight => "idempotency_key_in_flight",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::RequestTimeout => "request_timeout",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
@@ -86,13 +92,18 @@ impl From<ServiceError> for ApiError {
         match e {
             ServiceError::NotFound => ApiError::TaskNotFound,
             ServiceError::PreconditionFailed => ApiError::PreconditionFailed,
+            ServiceError::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            ServiceError::IdempotencyKeyInFlight => ApiError::IdempotencyKeyInFlight,
             ServiceError::Unavailable(e) => ApiError::Unavailable(e),
             ServiceError::Unexpected(e) => ApiError::Internal(e),
         }
     }
 }
 
-/// How long a client should wait before retrying a 503.
+/// The request header that makes a create idempotent, as error bodies name it.
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// How long a client should wait before retrying a 503 or a 409 for a key in flight.
 pub const RETRY_AFTER_SECS: &str = "1";
 
 impl ResponseError for ApiError {
@@ -102,10 +113,13 @@ impl ResponseError for ApiError {
             ApiError::TaskNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation { .. } | ApiError::IdempotencyKeyReused => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -128,7 +142,8 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 res.insert_header((header::ALLOW, HeaderValue::from_static(allow)));
             }
-            ApiError::Unavailable(_) => {
+            // The first request is still running: a retry soon gets its answer.
+            ApiError::Unavailable(_) | ApiError::IdempotencyKeyInFlight => {
                 res.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
             }
             ApiError::RequestTimeout => {
@@ -141,6 +156,7 @@ impl ResponseError for ApiError {
             code: self.code(),
             field: match self {
                 ApiError::Validation { field, .. } => Some(field.clone()),
+                ApiError::IdempotencyKeyReused => Some(IDEMPOTENCY_KEY.to_owned()),
                 _ => None,
             },
         })

@@ -31,13 +31,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which store holds the tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// PostgreSQL when a `postgres://` database URL is set, else the embedded SQLite file.
+    Auto,
+    /// PostgreSQL; start-up fails when no database URL is set (deployments set this).
+    Postgres,
+    /// The embedded SQLite file.
+    Sqlite,
+}
+
 /// Every setting, with its default. Environment names are `TASKLANE_` plus the field name in
 /// capitals (e.g. `TASKLANE_DB_POOL_SIZE`), except the two URLs, which keep the seed's names.
 #[derive(Clone, Deserialize)]
 pub struct Settings {
     /// `host:port` to listen on.
     pub listen: String,
-    /// PostgreSQL URL (`DATABASE_URL` or the file named by `DATABASE_URL_FILE`).
+    /// `auto`, `postgres` or `sqlite`.
+    pub store: StoreKind,
+    /// The SQLite file of the embedded store (its folder is created).
+    pub sqlite_path: String,
+    /// PostgreSQL URL, or `sqlite:<path>` (`DATABASE_URL` or the file named by
+    /// `DATABASE_URL_FILE`).
     #[serde(skip)]
     pub database_url: Option<SecretString>,
     /// Redis URL (`REDIS_URL` or `REDIS_URL_FILE`); without one, lists are not cached.
@@ -86,6 +103,8 @@ impl std::fmt::Debug for Settings {
 
 const DEFAULTS: &[(&str, &str)] = &[
     ("listen", "127.0.0.1:5000"),
+    ("store", "auto"),
+    ("sqlite_path", "data/tasklane.db"),
     ("db_pool_size", "8"),
     ("db_wait_timeout_ms", "500"),
     ("db_connect_timeout_ms", "500"),
@@ -150,10 +169,12 @@ impl Settings {
         self.listen_addr()?;
         if let Some(url) = &self.database_url {
             let url = url.expose_secret();
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            if sqlite_path_of(url).is_none()
+                && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+            {
                 return Err(invalid(
                     "DATABASE_URL",
-                    "must be a postgres:// or postgresql:// URL",
+                    "must be a postgres://, postgresql:// or sqlite: URL",
                 ));
             }
         }
@@ -184,6 +205,13 @@ impl Settings {
             .ok_or_else(|| invalid("TASKLANE_LISTEN", "must be host:port, e.g. 127.0.0.1:5000"))
     }
 
+    /// The SQLite file named by a `sqlite:` database URL, if that is what is set.
+    pub fn sqlite_url_path(&self) -> Option<String> {
+        self.database_url
+            .as_ref()
+            .and_then(|u| sqlite_path_of(u.expose_secret()))
+    }
+
     pub fn cors_origins(&self) -> Vec<String> {
         self.cors_origins
             .split(',')
@@ -196,6 +224,15 @@ impl Settings {
     pub fn cache_timeout(&self) -> Duration {
         Duration::from_millis(self.cache_timeout_ms)
     }
+}
+
+/// `sqlite:data/x.db`, `sqlite://data/x.db` and `sqlite:///abs/x.db` name a file; a query
+/// string (`?mode=rwc`) is ignored.
+fn sqlite_path_of(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty()).then(|| path.to_owned())
 }
 
 /// Reads a secret from `var`, or from the file named by `file_var` (Docker secrets). Setting
@@ -313,6 +350,30 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default()
             .starts_with("DATABASE_URL_FILE:"));
+    }
+
+    #[test]
+    fn sqlite_urls_name_a_file() {
+        assert_eq!(sqlite_path_of("sqlite:data/x.db"), Some("data/x.db".into()));
+        assert_eq!(
+            sqlite_path_of("sqlite://data/x.db"),
+            Some("data/x.db".into())
+        );
+        assert_eq!(
+            sqlite_path_of("sqlite:///var/x.db?mode=rwc"),
+            Some("/var/x.db".into())
+        );
+        assert_eq!(sqlite_path_of("sqlite:"), None);
+        assert_eq!(sqlite_path_of("postgres://x"), None);
+        let s = load(&[("DATABASE_URL", "sqlite:/tmp/t.db")]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.sqlite_url_path(), Some("/tmp/t.db".into()));
+        assert_eq!(
+            load(&[("TASKLANE_STORE", "postgres")])
+                .map(|s| s.store)
+                .ok(),
+            Some(StoreKind::Postgres)
+        );
+        assert!(load(&[("TASKLANE_STORE", "mysql")]).is_err());
     }
 
     #[test]

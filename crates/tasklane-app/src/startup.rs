@@ -1,7 +1,10 @@
 //! Wiring: settings in, adapters built, the database waited for and migrated, the listener
 //! bound (port 0 works: tests read the port back), and graceful shutdown on SIGTERM.
 
+use crate::memory_cache::{MemoryCacheSettings, MemoryTaskCache};
+use crate::metrics::{metrics_middleware, Metrics, PoolGauges};
 use crate::routes;
+use crate::settings::StoreKind;
 use crate::settings::{Settings, SettingsError};
 use crate::state::AppState;
 use crate::telemetry::request_id_middleware;
@@ -12,24 +15,35 @@ use actix_web::middleware::{from_fn, Condition, DefaultHeaders};
 use actix_web::{web, App, HttpServer};
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tasklane_domain::{TaskCache, TaskService};
+use tasklane_domain::{TaskCache, TaskRepository, TaskService};
 use tasklane_postgres::{PgSettings, PgTaskRepository};
 use tasklane_redis::{RedisSettings, RedisTaskCache};
+use tasklane_sqlite::SqliteSettings;
 
 /// Why the server could not start. Each message is one line meant for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     #[error(transparent)]
     Settings(#[from] SettingsError),
-    #[error("DATABASE_URL is not set: Tasklane needs a PostgreSQL database (postgres://user:password@host:5432/db)")]
+    #[error("TASKLANE_STORE=postgres but neither DATABASE_URL nor DATABASE_URL_FILE is set (postgres://user:password@host:5432/db)")]
     NoDatabase,
+    #[error("TASKLANE_STORE={store} contradicts DATABASE_URL, which names {url_kind}")]
+    StoreMismatch {
+        store: &'static str,
+        url_kind: &'static str,
+    },
+    #[error("cannot open the embedded store: {0}")]
+    Sqlite(String),
     #[error("the database at DATABASE_URL did not answer within {0:?}; last error: {1}")]
     DatabaseUnreachable(Duration, String),
     #[error("database migration failed: {0}")]
     Migration(String),
+    #[error("cannot set up metrics: {0}")]
+    Metrics(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -38,10 +52,80 @@ pub enum StartupError {
     },
 }
 
-/// The wired use cases, for commands other than serving (migrate, demo-data).
+/// The wired use cases.
 pub struct Wiring {
     pub service: Arc<TaskService>,
-    pub repo: Arc<PgTaskRepository>,
+    /// `postgres` or `sqlite`.
+    pub store: &'static str,
+    /// `redis`, `memory` or `none`.
+    pub cache: &'static str,
+    /// The PostgreSQL pool, when that is the store.
+    pub pg_pool: Option<tasklane_postgres::Pool>,
+    /// The Redis cache, when there is one (its breaker state is a metric).
+    pub redis: Option<Arc<RedisTaskCache>>,
+}
+
+/// Where the tasks are kept, as decided from `TASKLANE_STORE` and the database URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorePlan {
+    Postgres,
+    Sqlite(PathBuf),
+}
+
+/// Decides the store. With nothing configured at all, the embedded file; `TASKLANE_STORE`
+/// makes the choice explicit, and `postgres` without a URL is an error, never a quiet fallback.
+///
+/// # Errors
+/// `NoDatabase` and `StoreMismatch`.
+pub fn plan_store(settings: &Settings) -> Result<StorePlan, StartupError> {
+    let sqlite_url = settings.sqlite_url_path();
+    let postgres_url = settings.database_url.is_some() && sqlite_url.is_none();
+    match settings.store {
+        StoreKind::Auto | StoreKind::Sqlite if postgres_url => {
+            if settings.store == StoreKind::Sqlite {
+                Err(StartupError::StoreMismatch {
+                    store: "sqlite",
+                    url_kind: "a PostgreSQL database",
+                })
+            } else {
+                Ok(StorePlan::Postgres)
+            }
+        }
+        StoreKind::Auto | StoreKind::Sqlite => Ok(StorePlan::Sqlite(PathBuf::from(
+            sqlite_url.unwrap_or_else(|| settings.sqlite_path.clone()),
+        ))),
+        StoreKind::Postgres if postgres_url => Ok(StorePlan::Postgres),
+        StoreKind::Postgres if sqlite_url.is_some() => Err(StartupError::StoreMismatch {
+            store: "postgres",
+            url_kind: "an SQLite file",
+        }),
+        StoreKind::Postgres => Err(StartupError::NoDatabase),
+    }
+}
+
+fn sqlite_settings(settings: &Settings, path: PathBuf) -> SqliteSettings {
+    SqliteSettings {
+        path,
+        busy_timeout: Duration::from_millis(settings.db_query_timeout_ms),
+        read_connections: settings.db_pool_size.clamp(1, 8),
+    }
+}
+
+/// Applies the migrations of whichever store is configured (`tasklane migrate`).
+///
+/// # Errors
+/// Any [`StartupError`].
+pub async fn migrate_only(settings: &Settings) -> Result<(), StartupError> {
+    match plan_store(settings)? {
+        StorePlan::Postgres => connect_and_migrate(settings).await.map(|_| ()),
+        StorePlan::Sqlite(path) => {
+            let applied = tasklane_sqlite::migrate(&sqlite_settings(settings, path))
+                .await
+                .map_err(|e| StartupError::Sqlite(error_chain(&e)))?;
+            tracing::info!(applied, "embedded store migrated");
+            Ok(())
+        }
+    }
 }
 
 fn pg_settings(settings: &Settings) -> Result<PgSettings, StartupError> {
@@ -120,48 +204,90 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     text.replace('\n', " ")
 }
 
+fn redis_cache(settings: &Settings) -> Result<Option<Arc<RedisTaskCache>>, StartupError> {
+    let Some(url) = &settings.redis_url else {
+        return Ok(None);
+    };
+    let cache = RedisTaskCache::new(RedisSettings {
+        url: url.expose_secret().to_owned(),
+        key_prefix: settings.cache_key_prefix.clone(),
+        ttl: Duration::from_secs(settings.cache_ttl_secs),
+        pool_size: settings.cache_pool_size,
+        breaker_threshold: settings.cache_breaker_threshold,
+        breaker_cooldown: Duration::from_millis(settings.cache_breaker_cooldown_ms),
+    })
+    .map_err(|e| {
+        StartupError::Settings(SettingsError::Invalid {
+            var: "REDIS_URL".to_owned(),
+            reason: e.to_string(),
+        })
+    })?;
+    Ok(Some(Arc::new(cache)))
+}
+
 /// Builds the adapters and the service.
+///
+/// # Errors
+/// Any [`StartupError`].
 pub async fn wire(settings: &Settings) -> Result<Wiring, StartupError> {
-    let pool = connect_and_migrate(settings).await?;
-    let repo = Arc::new(PgTaskRepository::new(
-        pool,
-        Duration::from_millis(settings.db_query_timeout_ms),
-    ));
-    let cache: Option<Arc<dyn TaskCache>> = match &settings.redis_url {
-        None => {
-            tracing::info!("REDIS_URL is not set: lists are not cached");
-            None
+    let plan = plan_store(settings)?;
+    let redis = redis_cache(settings)?;
+    let (repo, store, pg_pool): (Arc<dyn TaskRepository>, &'static str, _) = match &plan {
+        StorePlan::Postgres => {
+            let pool = connect_and_migrate(settings).await?;
+            let repo = PgTaskRepository::new(
+                pool.clone(),
+                Duration::from_millis(settings.db_query_timeout_ms),
+            );
+            (Arc::new(repo), "postgres", Some(pool))
         }
-        Some(url) => {
-            let cache = RedisTaskCache::new(RedisSettings {
-                url: url.expose_secret().to_owned(),
-                key_prefix: settings.cache_key_prefix.clone(),
-                ttl: Duration::from_secs(settings.cache_ttl_secs),
-                pool_size: settings.cache_pool_size,
-                breaker_threshold: settings.cache_breaker_threshold,
-                breaker_cooldown: Duration::from_millis(settings.cache_breaker_cooldown_ms),
-            })
-            .map_err(|e| {
-                StartupError::Settings(SettingsError::Invalid {
-                    var: "REDIS_URL".to_owned(),
-                    reason: e.to_string(),
-                })
-            })?;
-            Some(Arc::new(cache))
+        StorePlan::Sqlite(path) => {
+            let repo = tasklane_sqlite::open(&sqlite_settings(settings, path.clone()))
+                .await
+                .map_err(|e| StartupError::Sqlite(error_chain(&e)))?;
+            (Arc::new(repo), "sqlite", None)
         }
     };
-    tracing::info!(
-        store = "postgres",
-        cache = if cache.is_some() { "redis" } else { "none" },
-        "storage wired"
-    );
-    let service = Arc::new(TaskService::new(
-        repo.clone(),
-        cache,
-        settings.cache_timeout(),
-    ));
-    Ok(Wiring { service, repo })
+    // Without Redis, the embedded store (one process per file) caches in-process; PostgreSQL
+    // without Redis does not cache at all, since replicas could not share an in-process cache.
+    let (cache, cache_kind): (Option<Arc<dyn TaskCache>>, &'static str) = match (&redis, &plan) {
+        (Some(redis), _) => (Some(redis.clone()), "redis"),
+        (None, StorePlan::Sqlite(_)) => (
+            Some(Arc::new(MemoryTaskCache::new(MemoryCacheSettings {
+                ttl: Duration::from_secs(settings.cache_ttl_secs),
+                ..MemoryCacheSettings::default()
+            }))),
+            "memory",
+        ),
+        (None, StorePlan::Postgres) => (None, "none"),
+    };
+    match &plan {
+        StorePlan::Sqlite(path) => tracing::info!(
+            store = "sqlite",
+            path = %path.display(),
+            cache = cache_kind,
+            "storage wired: embedded SQLite file"
+        ),
+        StorePlan::Postgres => {
+            tracing::info!(
+                store = "postgres",
+                cache = cache_kind,
+                "storage wired: PostgreSQL"
+            );
+        }
+    }
+    let service = Arc::new(TaskService::new(repo, cache, settings.cache_timeout()));
+    Ok(Wiring {
+        service,
+        store,
+        cache: cache_kind,
+        pg_pool,
+        redis,
+    })
 }
+
+/// How often expired idempotency keys are purged.
+const IDEMPOTENCY_CLEANUP_EVERY: Duration = Duration::from_secs(15 * 60);
 
 /// A built server, bound and ready to run.
 pub struct Application {
@@ -191,13 +317,17 @@ impl ShutdownHandle {
     }
 }
 
-/// The API's security headers, on every response.
+/// Security headers, on every response (the API's and the page's).
 fn api_headers() -> DefaultHeaders {
     DefaultHeaders::new()
         .add((header::CACHE_CONTROL, "no-cache"))
         .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .add((header::REFERRER_POLICY, "no-referrer"))
         .add((header::X_FRAME_OPTIONS, "DENY"))
+        .add((
+            header::CONTENT_SECURITY_POLICY,
+            crate::ui::CONTENT_SECURITY_POLICY,
+        ))
 }
 
 fn cors(origins: &[String]) -> Cors {
@@ -209,8 +339,15 @@ fn cors(origins: &[String]) -> Cors {
             header::CONTENT_TYPE,
             header::IF_MATCH,
             header::IF_NONE_MATCH,
+            header::HeaderName::from_static("idempotency-key"),
         ])
-        .expose_headers([header::ETAG, header::LOCATION, header::LINK])
+        .expose_headers([
+            header::ETAG,
+            header::LOCATION,
+            header::LINK,
+            header::RETRY_AFTER,
+            header::HeaderName::from_static("idempotent-replayed"),
+        ])
         .max_age(600)
 }
 
@@ -221,17 +358,34 @@ impl Application {
     /// Any [`StartupError`].
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let wiring = wire(&settings).await?;
-        Self::with_service(settings, wiring.service)
+        Self::with_wiring(settings, wiring)
     }
 
-    /// Binds the server around an already wired service.
+    /// Binds the server around already wired adapters.
     ///
     /// # Errors
     /// When the listen address cannot be bound.
-    pub fn with_service(
-        settings: Settings,
-        service: Arc<TaskService>,
-    ) -> Result<Self, StartupError> {
+    pub fn with_wiring(settings: Settings, wiring: Wiring) -> Result<Self, StartupError> {
+        let service = wiring.service;
+        let pool_probe = wiring.pg_pool.map(|pool| {
+            Box::new(move || {
+                let status = pool.status();
+                PoolGauges {
+                    max_size: status.max_size,
+                    size: status.size,
+                    available: status.available,
+                    waiting: status.waiting,
+                }
+            }) as Box<dyn Fn() -> PoolGauges + Send + Sync>
+        });
+        let breaker_probe = wiring.redis.map(|redis| {
+            Box::new(move || redis.breaker_state().as_str())
+                as Box<dyn Fn() -> &'static str + Send + Sync>
+        });
+        let metrics = web::Data::new(
+            Metrics::new(service.clone(), pool_probe, breaker_probe)
+                .map_err(|e| StartupError::Metrics(e.to_string()))?,
+        );
         let addr = settings.listen_addr()?;
         let listener = TcpListener::bind(addr).map_err(|source| StartupError::Bind {
             addr: addr.to_string(),
@@ -255,10 +409,14 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(data.clone())
+                .app_data(metrics.clone())
                 .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
                 .wrap(api_headers())
                 .wrap(from_fn(request_id_middleware))
+                .wrap(from_fn(metrics_middleware))
                 .configure(routes::api)
+                .route("/metrics", web::get().to(crate::metrics::metrics))
+                .configure(crate::ui::routes)
                 .default_service(routes::fallback())
         })
         .disable_signals()
@@ -302,6 +460,11 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let handle = self.shutdown_handle();
         let server_handle = self.server.handle();
+        // Expired idempotency keys go in the background; every replica may run this at once.
+        let cleanup = crate::jobs::spawn_idempotency_cleanup(
+            self.state.service.clone(),
+            IDEMPOTENCY_CLEANUP_EVERY,
+        );
         tokio::spawn(async move {
             wait_for_signal().await;
             tokio::select! {
@@ -312,7 +475,9 @@ impl Application {
                 }
             }
         });
-        self.server.await
+        let served = self.server.await;
+        cleanup.abort();
+        served
     }
 }
 

@@ -1,9 +1,11 @@
 //! The ports: what the domain needs from a task store and from a cache. Adapters implement them.
 
+use crate::idempotency::Idempotency;
 use crate::query::{ListQuery, Page, StatusCounts};
 use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch};
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::TimeDelta;
 use std::time::Instant;
 
 /// A boxed error from an adapter, kept for the log.
@@ -18,6 +20,14 @@ pub enum RepoError {
     /// The task exists but the write's [`Precondition`] does not hold.
     #[error("the task changed since the given version")]
     PreconditionFailed,
+    /// The idempotency key was first used with a different request. Nothing is written.
+    #[error("the idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    /// The idempotency key is held by a create that has not finished (in another process, or
+    /// on another connection). Nothing is written; retrying later gets the first create's
+    /// outcome.
+    #[error("a request with this idempotency key is still in progress")]
+    IdempotencyKeyInFlight,
     /// The store cannot be reached or is overloaded (pool exhausted, connection refused,
     /// timed out). Worth retrying later; for a write, whether it happened is unknown.
     #[error("the task store is unavailable")]
@@ -25,6 +35,17 @@ pub enum RepoError {
     /// Anything else: a bug or a broken invariant.
     #[error("unexpected task store error")]
     Unexpected(#[source] BoxError),
+}
+
+/// What [`TaskRepository::create`] answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    /// The task as created: on a replay, as it was when first created (version 1,
+    /// `updated_at == created_at`), whatever happened to it since, deletion included.
+    pub task: Task,
+    /// Whether this is the answer of an earlier create with the same idempotency key, and
+    /// nothing was written now.
+    pub replayed: bool,
 }
 
 /// Durable storage of tasks.
@@ -36,9 +57,20 @@ pub enum RepoError {
 pub trait TaskRepository: Send + Sync {
     /// Stores a new task with version 1.
     ///
+    /// With an [`Idempotency`], the key is stored in the same transaction as the task, with a
+    /// snapshot of the task as created and the request's fingerprint. A later create with the
+    /// same key and fingerprint, within the key's `ttl`, writes nothing and returns the snapshot
+    /// with `replayed` set. A key older than its `ttl` counts as absent and is replaced.
+    ///
     /// # Errors
-    /// `Unavailable` or `Unexpected` only.
-    async fn create(&self, new: NewTask) -> Result<Task, RepoError>;
+    /// `IdempotencyKeyReused` when the key is stored with a different fingerprint;
+    /// `IdempotencyKeyInFlight` when another transaction holds the key and has not committed
+    /// (in neither case is anything written); otherwise `Unavailable` or `Unexpected` only.
+    async fn create(
+        &self,
+        new: NewTask,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Created, RepoError>;
 
     /// # Errors
     /// `NotFound` when no task has this id.
@@ -73,6 +105,15 @@ pub trait TaskRepository: Send + Sync {
     /// # Errors
     /// `Unavailable` or `Unexpected` only.
     async fn counts(&self) -> Result<StatusCounts, RepoError>;
+
+    /// Forgets the idempotency keys stored more than `older_than` ago (a negative age forgets
+    /// every key) and returns how many it removed. It works in small batches, each its own
+    /// transaction, so it never holds locks for long, and several processes may run it at once:
+    /// each key is removed once.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Unexpected` only; the batches removed before the error stay removed.
+    async fn purge_idempotency_keys(&self, older_than: TimeDelta) -> Result<u64, RepoError>;
 
     /// Proves the store answers a query now.
     ///

@@ -7,15 +7,21 @@
 //! - a write whose bump failed leaves a debt, paid (by bumping) before this process uses the
 //!   cache again;
 //! - a cache failure never fails a request: the store answers instead.
+//!
+//! It also keeps the idempotency keys of the creates running in this process, so that a
+//! duplicate sent while the first is still running is refused at once (409) instead of queueing
+//! behind it in the store.
 
+use crate::idempotency::{Idempotency, IdempotencyKey, IDEMPOTENCY_KEY_TTL};
 use crate::ports::{
-    BoxError, CacheError, CacheLookup, Generation, RepoError, TaskCache, TaskRepository,
+    BoxError, CacheError, CacheLookup, Created, Generation, RepoError, TaskCache, TaskRepository,
 };
 use crate::query::{ListQuery, Page, StatusCounts};
 use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch};
 use bytes::Bytes;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// What a use case can fail with. The HTTP layer maps each to a status code.
@@ -25,6 +31,12 @@ pub enum ServiceError {
     NotFound,
     #[error("the task changed since the given version")]
     PreconditionFailed,
+    /// The idempotency key was first used with a different request.
+    #[error("the idempotency key was used with a different request")]
+    IdempotencyKeyReused,
+    /// A create with this idempotency key is still running (here or in another process).
+    #[error("a request with this idempotency key is still in progress")]
+    IdempotencyKeyInFlight,
     #[error("the task store is unavailable")]
     Unavailable(#[source] BoxError),
     #[error("unexpected error")]
@@ -36,6 +48,8 @@ impl From<RepoError> for ServiceError {
         match e {
             RepoError::NotFound => ServiceError::NotFound,
             RepoError::PreconditionFailed => ServiceError::PreconditionFailed,
+            RepoError::IdempotencyKeyReused => ServiceError::IdempotencyKeyReused,
+            RepoError::IdempotencyKeyInFlight => ServiceError::IdempotencyKeyInFlight,
             RepoError::Unavailable(e) => ServiceError::Unavailable(e),
             RepoError::Unexpected(e) => ServiceError::Unexpected(e),
         }
@@ -74,6 +88,28 @@ pub struct TaskService {
     /// Failed generation bumps not yet made good. Non-zero means: bump before the next use.
     debt: AtomicU64,
     stats: CacheStats,
+    /// The idempotency keys of the creates running in this process.
+    in_flight: Mutex<HashSet<IdempotencyKey>>,
+}
+
+/// A key of [`TaskService::in_flight`], released when dropped: when the create returns, fails,
+/// panics, or its future is dropped (the client went away).
+struct InFlight<'a> {
+    keys: &'a Mutex<HashSet<IdempotencyKey>>,
+    key: IdempotencyKey,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(self.keys).remove(&self.key);
+    }
+}
+
+/// The set stays consistent whatever panicked while it was locked (insert and remove only).
+fn lock(
+    keys: &Mutex<HashSet<IdempotencyKey>>,
+) -> std::sync::MutexGuard<'_, HashSet<IdempotencyKey>> {
+    keys.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl std::fmt::Debug for TaskService {
@@ -99,6 +135,7 @@ impl TaskService {
             cache_budget,
             debt: AtomicU64::new(0),
             stats: CacheStats::default(),
+            in_flight: Mutex::new(HashSet::new()),
         }
     }
 
@@ -110,10 +147,55 @@ impl TaskService {
         self.cache.is_some()
     }
 
-    pub async fn create(&self, new: NewTask) -> Result<Task, ServiceError> {
-        let result = self.repo.create(new).await;
-        self.after_write(&result).await;
+    /// Creates a task. With a key, a retry of the same request returns the first answer
+    /// (`replayed`) and creates nothing, for [`IDEMPOTENCY_KEY_TTL`].
+    ///
+    /// # Errors
+    /// `IdempotencyKeyInFlight` at once when a create with this key is running in this process
+    /// (or, as the store says, in another); `IdempotencyKeyReused` when the key came with a
+    /// different request; `Unavailable` or `Unexpected` from the store.
+    pub async fn create(
+        &self,
+        new: NewTask,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Created, ServiceError> {
+        let (_in_flight, idempotency) = match key {
+            Some(key) => (
+                Some(self.hold(key.clone())?),
+                Some(Idempotency::for_create(key, &new)),
+            ),
+            None => (None, None),
+        };
+        let result = self.repo.create(new, idempotency).await;
+        // A replay wrote nothing, so the cache has nothing to forget.
+        let replayed = matches!(&result, Ok(Created { replayed: true, .. }));
+        if !replayed {
+            self.after_write(&result).await;
+        }
         Ok(result?)
+    }
+
+    /// Marks `key` as being created in this process until the guard is dropped.
+    fn hold(&self, key: IdempotencyKey) -> Result<InFlight<'_>, ServiceError> {
+        if !lock(&self.in_flight).insert(key.clone()) {
+            return Err(ServiceError::IdempotencyKeyInFlight);
+        }
+        Ok(InFlight {
+            keys: &self.in_flight,
+            key,
+        })
+    }
+
+    /// Forgets the idempotency keys older than [`IDEMPOTENCY_KEY_TTL`]; returns how many. Safe
+    /// to run in every replica at once.
+    ///
+    /// # Errors
+    /// `Unavailable` or `Unexpected` from the store.
+    pub async fn purge_expired_idempotency_keys(&self) -> Result<u64, ServiceError> {
+        Ok(self
+            .repo
+            .purge_idempotency_keys(IDEMPOTENCY_KEY_TTL)
+            .await?)
     }
 
     pub async fn get(&self, id: TaskId) -> Result<Task, ServiceError> {
@@ -208,7 +290,10 @@ impl TaskService {
     async fn after_write<T>(&self, result: &Result<T, RepoError>) {
         let maybe_written = !matches!(
             result,
-            Err(RepoError::NotFound | RepoError::PreconditionFailed)
+            Err(RepoError::NotFound
+                | RepoError::PreconditionFailed
+                | RepoError::IdempotencyKeyReused
+                | RepoError::IdempotencyKeyInFlight)
         );
         let Some(cache) = &self.cache else { return };
         if !maybe_written {
@@ -255,8 +340,11 @@ mod tests {
     use crate::ports::{MockTaskCache, MockTaskRepository};
     use crate::query::Limit;
     use crate::task::{Description, Status, Title, Version};
-    use chrono::Utc;
+    use async_trait::async_trait;
+    use chrono::{TimeDelta, Utc};
     use mockall::predicate::eq;
+    use std::sync::atomic::AtomicUsize;
+    use tokio::sync::Semaphore;
 
     fn task(id: i64) -> Task {
         let now = Utc::now();
@@ -269,6 +357,17 @@ mod tests {
             updated_at: now,
             version: Version::new(1),
         }
+    }
+
+    fn created(id: i64) -> Created {
+        Created {
+            task: task(id),
+            replayed: false,
+        }
+    }
+
+    fn key(k: &str) -> IdempotencyKey {
+        IdempotencyKey::new(k).unwrap_or_else(|_| unreachable!())
     }
 
     fn new_task() -> NewTask {
@@ -361,7 +460,9 @@ mod tests {
     #[tokio::test]
     async fn every_write_bumps_the_generation_before_returning() {
         let mut repo = MockTaskRepository::new();
-        repo.expect_create().times(1).returning(|_| Ok(task(1)));
+        repo.expect_create()
+            .times(1)
+            .returning(|_, _| Ok(created(1)));
         repo.expect_update()
             .times(1)
             .returning(|_, _, _| Ok(task(1)));
@@ -374,7 +475,7 @@ mod tests {
         let svc = service(repo, cache);
         let id = TaskId::new(1).unwrap_or_else(|| unreachable!());
 
-        assert!(svc.create(new_task()).await.is_ok());
+        assert!(svc.create(new_task(), None).await.is_ok());
         assert!(svc
             .update(id, TaskPatch::default(), Precondition::None)
             .await
@@ -434,7 +535,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_bump_is_owed_and_paid_before_the_next_lookup() {
         let mut repo = MockTaskRepository::new();
-        repo.expect_create().returning(|_| Ok(task(1)));
+        repo.expect_create().returning(|_, _| Ok(created(1)));
         repo.expect_list()
             .returning(|q| Ok(Page::from_rows(vec![task(1)], q.limit)));
         let mut cache = MockTaskCache::new();
@@ -476,7 +577,7 @@ mod tests {
         let svc = service(repo, cache);
 
         assert!(
-            svc.create(new_task()).await.is_ok(),
+            svc.create(new_task(), None).await.is_ok(),
             "write succeeds though Redis is down"
         );
         let q = ListQuery::default();
@@ -541,5 +642,210 @@ mod tests {
                 cache: CacheHealth::Disabled
             }
         );
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_create_hands_the_store_the_key_and_the_request_fingerprint() {
+        let mut repo = MockTaskRepository::new();
+        let expected = Idempotency::for_create(key("k-1"), &new_task());
+        repo.expect_create()
+            .withf(move |new, idempotency| {
+                *new == new_task() && idempotency.as_ref() == Some(&expected)
+            })
+            .times(1)
+            .returning(|_, _| Ok(created(1)));
+        let svc = TaskService::new(Arc::new(repo), None, Duration::from_millis(100));
+
+        let made = svc.create(new_task(), Some(key("k-1"))).await;
+
+        assert_eq!(
+            made.ok().map(|c| (c.task.id.get(), c.replayed)),
+            Some((1, false))
+        );
+        assert_eq!(IDEMPOTENCY_KEY_TTL, TimeDelta::hours(24));
+    }
+
+    #[tokio::test]
+    async fn a_replay_or_a_refused_key_does_not_bump_the_generation() {
+        let mut repo = MockTaskRepository::new();
+        let mut seq = mockall::Sequence::new();
+        repo.expect_create()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| {
+                Ok(Created {
+                    task: task(1),
+                    replayed: true,
+                })
+            });
+        repo.expect_create()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Err(RepoError::IdempotencyKeyReused));
+        repo.expect_create()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Err(RepoError::IdempotencyKeyInFlight));
+        let mut cache = MockTaskCache::new();
+        cache.expect_bump_generation().never();
+        let svc = service(repo, cache);
+
+        let replay = svc.create(new_task(), Some(key("k"))).await;
+        assert_eq!(replay.ok().map(|c| c.replayed), Some(true));
+        assert!(matches!(
+            svc.create(new_task(), Some(key("k"))).await,
+            Err(ServiceError::IdempotencyKeyReused)
+        ));
+        assert!(matches!(
+            svc.create(new_task(), Some(key("k"))).await,
+            Err(ServiceError::IdempotencyKeyInFlight)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_frees_its_key() {
+        let mut repo = MockTaskRepository::new();
+        let mut seq = mockall::Sequence::new();
+        repo.expect_create()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Err(RepoError::Unavailable("down".into())));
+        repo.expect_create()
+            .times(1)
+            .in_sequence(&mut seq)
+            .returning(|_, _| Ok(created(1)));
+        let svc = TaskService::new(Arc::new(repo), None, Duration::from_millis(100));
+
+        assert!(matches!(
+            svc.create(new_task(), Some(key("k"))).await,
+            Err(ServiceError::Unavailable(_))
+        ));
+        assert!(svc.create(new_task(), Some(key("k"))).await.is_ok());
+    }
+
+    /// A store whose creates wait until the test hands out a permit.
+    struct GatedRepo {
+        gate: Semaphore,
+        entered: AtomicUsize,
+    }
+
+    impl GatedRepo {
+        fn new() -> Self {
+            Self {
+                gate: Semaphore::new(0),
+                entered: AtomicUsize::new(0),
+            }
+        }
+
+        async fn until_entered(&self, n: usize) {
+            while self.entered.load(Ordering::SeqCst) < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    fn not_used() -> RepoError {
+        RepoError::Unexpected("not used by this test".into())
+    }
+
+    #[async_trait]
+    impl TaskRepository for GatedRepo {
+        async fn create(
+            &self,
+            _new: NewTask,
+            _idempotency: Option<Idempotency>,
+        ) -> Result<Created, RepoError> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let permit = self.gate.acquire().await;
+            permit
+                .map_err(|e| RepoError::Unexpected(Box::new(e)))?
+                .forget();
+            Ok(created(1))
+        }
+        async fn get(&self, _id: TaskId) -> Result<Task, RepoError> {
+            Err(not_used())
+        }
+        async fn list(&self, _query: &ListQuery) -> Result<Page, RepoError> {
+            Err(not_used())
+        }
+        async fn update(
+            &self,
+            _id: TaskId,
+            _patch: TaskPatch,
+            _precondition: Precondition,
+        ) -> Result<Task, RepoError> {
+            Err(not_used())
+        }
+        async fn delete(&self, _id: TaskId, _precondition: Precondition) -> Result<(), RepoError> {
+            Err(not_used())
+        }
+        async fn counts(&self) -> Result<StatusCounts, RepoError> {
+            Err(not_used())
+        }
+        async fn purge_idempotency_keys(&self, _older_than: TimeDelta) -> Result<u64, RepoError> {
+            Err(not_used())
+        }
+        async fn ping(&self) -> Result<(), RepoError> {
+            Err(not_used())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_of_a_running_create_is_refused_at_once_until_the_first_ends() {
+        let repo = Arc::new(GatedRepo::new());
+        let svc = Arc::new(TaskService::new(
+            Arc::clone(&repo) as Arc<dyn TaskRepository>,
+            None,
+            Duration::from_millis(100),
+        ));
+        let spawn_create = |k: &str| {
+            let svc = Arc::clone(&svc);
+            let k = key(k);
+            tokio::spawn(async move { svc.create(new_task(), Some(k)).await })
+        };
+
+        let first = spawn_create("k");
+        repo.until_entered(1).await;
+        assert!(matches!(
+            svc.create(new_task(), Some(key("k"))).await,
+            Err(ServiceError::IdempotencyKeyInFlight)
+        ));
+        assert_eq!(
+            repo.entered.load(Ordering::SeqCst),
+            1,
+            "the duplicate was refused without asking the store"
+        );
+        // Another key is not held up by this one.
+        let other = spawn_create("other");
+        repo.until_entered(2).await;
+
+        repo.gate.add_permits(2);
+        assert!(matches!(first.await, Ok(Ok(_))));
+        assert!(matches!(other.await, Ok(Ok(_))));
+
+        // The key is free again once the first create has ended.
+        repo.gate.add_permits(1);
+        assert!(svc.create(new_task(), Some(key("k"))).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_create_frees_its_key() {
+        let repo = Arc::new(GatedRepo::new());
+        let svc = Arc::new(TaskService::new(
+            Arc::clone(&repo) as Arc<dyn TaskRepository>,
+            None,
+            Duration::from_millis(100),
+        ));
+        let abandoned = {
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move { svc.create(new_task(), Some(key("k"))).await })
+        };
+        repo.until_entered(1).await;
+        // The client went away: actix drops the handler's future.
+        abandoned.abort();
+        assert!(abandoned.await.is_err_and(|e| e.is_cancelled()));
+
+        repo.gate.add_permits(1);
+        assert!(svc.create(new_task(), Some(key("k"))).await.is_ok());
     }
 }

@@ -24,11 +24,18 @@ impl Migration {
 
 /// Every migration, in the order applied. A unit test checks that this lists exactly the files
 /// of `migrations/postgres/`, so a new file cannot be forgotten here.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_tasks",
-    sql: include_str!("../../../migrations/postgres/0001_tasks.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_tasks",
+        sql: include_str!("../../../migrations/postgres/0001_tasks.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_idempotency_keys",
+        sql: include_str!("../../../migrations/postgres/0002_idempotency_keys.sql"),
+    },
+];
 
 /// The embedded migrations, in order.
 pub fn migrations() -> &'static [Migration] {

@@ -2,15 +2,17 @@
 
 use crate::errors::{self, InvalidRow, QueryTimeout};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use deadpool_postgres::{Object, Pool};
+use chrono::{DateTime, TimeDelta, Utc};
+use deadpool_postgres::{Object, Pool, Transaction};
 use std::sync::LazyLock;
 use std::time::Duration;
 use tasklane_domain::{
-    Description, ListQuery, NewTask, Page, Precondition, RepoError, Status, StatusCounts, Task,
-    TaskId, TaskPatch, TaskRepository, Title, Version,
+    Created, Description, Idempotency, ListQuery, NewTask, Page, Precondition, RepoError,
+    RequestFingerprint, Status, StatusCounts, Task, TaskId, TaskPatch, TaskRepository, Title,
+    Version,
 };
 use tokio::time::error::Elapsed;
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
@@ -25,6 +27,78 @@ const INSERT: &str = concat!(
     "INSERT INTO tasks (title, description, status) VALUES ($1, $2, $3) RETURNING ",
     task_columns!()
 );
+
+/// How long an idempotent create waits for a key that another transaction holds (another
+/// replica's create of the same key, not yet committed) before answering "in flight". Only the
+/// claim of the key runs under it; the rest of the transaction goes back to the default.
+const CLAIM_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = '100ms'";
+const DEFAULT_LOCK_TIMEOUT: &str = "SET LOCAL lock_timeout = DEFAULT";
+
+/// Whether a key row was stored more than the given number of microseconds ago, by the
+/// database's clock (the same for every replica).
+macro_rules! expired {
+    ($micros:literal) => {
+        concat!(
+            "stored_at < now() - ",
+            $micros,
+            "::bigint * interval '1 microsecond'"
+        )
+    };
+}
+
+/// Claims a key: the first statement of an idempotent create. While another transaction holds
+/// an uncommitted row of the same key, this waits (bounded by [`CLAIM_LOCK_TIMEOUT`]); once that
+/// row is committed it returns nothing, and [`SELECT_KEY`] reads it. `task_created_at` is the
+/// transaction's time, which is also what the task's `created_at` will be; the task's id is
+/// filled in by [`INSERT_WITH_KEY`].
+const CLAIM_KEY: &str = "INSERT INTO task_idempotency_keys \
+     (key, fingerprint, title, description, status, task_created_at, stored_at) \
+     VALUES ($1, $2, $3, $4, $5, now(), now()) \
+     ON CONFLICT (key) DO NOTHING RETURNING true";
+
+/// A stored key: the snapshot as [`task_columns!`] (so [`task_from_row`] reads it: a created
+/// task has `updated_at = created_at` and version 1), then the fingerprint and whether it
+/// expired (`$2`: the time to live in microseconds).
+const SELECT_KEY: &str = concat!(
+    "SELECT task_id, title, description, status, task_created_at, task_created_at, 1::bigint, ",
+    "fingerprint, ",
+    expired!("$2"),
+    " FROM task_idempotency_keys WHERE key = $1"
+);
+
+/// Claims a key whose row expired (the cleanup has not removed it yet): it counts as absent.
+/// The row lock makes two such takeovers wait for each other, like two inserts.
+const TAKE_OVER_EXPIRED_KEY: &str = concat!(
+    "UPDATE task_idempotency_keys SET fingerprint = $2, task_id = NULL, title = $3, ",
+    "description = $4, status = $5, task_created_at = now(), stored_at = now() WHERE key = $1 AND ",
+    expired!("$6"),
+    " RETURNING true"
+);
+
+/// Inserts the task and completes the claimed key's snapshot with it, in one round trip.
+const INSERT_WITH_KEY: &str = concat!(
+    "WITH t AS (INSERT INTO tasks (title, description, status) VALUES ($1, $2, $3) RETURNING ",
+    task_columns!(),
+    "), recorded AS (UPDATE task_idempotency_keys AS k ",
+    "SET task_id = t.id, task_created_at = t.created_at FROM t WHERE k.key = $4) ",
+    "SELECT ",
+    task_columns!(),
+    " FROM t"
+);
+
+/// Removes one batch of keys stored more than `$1` microseconds ago, oldest first. `SKIP
+/// LOCKED` lets several replicas purge at once without waiting for each other (each row is
+/// deleted once), and leaves alone a key that a create is taking over.
+const PURGE_KEYS: &str = concat!(
+    "DELETE FROM task_idempotency_keys WHERE key IN (SELECT key FROM task_idempotency_keys WHERE ",
+    expired!("$1"),
+    " ORDER BY stored_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+);
+
+/// Keys removed per purge statement: small enough that each holds its locks for milliseconds.
+const PURGE_BATCH: i64 = 1_000;
+/// Batches per purge call at most; the next call goes on where this one stopped.
+const PURGE_MAX_BATCHES: usize = 1_000;
 
 const SELECT_BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHERE id = $1");
 
@@ -171,6 +245,54 @@ impl PgTaskRepository {
         }
     }
 
+    /// An idempotent create: one transaction that claims the key, then inserts the task and
+    /// completes the key's snapshot, or writes nothing and answers from the stored key.
+    async fn create_keyed(
+        &self,
+        new: NewTask,
+        idempotency: Idempotency,
+    ) -> Result<Created, RepoError> {
+        let mut client = self.client().await?;
+        let outcome = tokio::time::timeout(self.query_timeout, async {
+            let tx = client.transaction().await?;
+            tx.batch_execute(CLAIM_LOCK_TIMEOUT).await?;
+            let refused = match claim(&tx, &new, &idempotency).await? {
+                Claim::Claimed => None,
+                Claim::Stored(row) => Some(Keyed::Stored(row)),
+                Claim::InFlight => Some(Keyed::InFlight),
+            };
+            if let Some(refused) = refused {
+                // Nothing was written; an aborted transaction (after a lock timeout) ends too.
+                tx.rollback().await?;
+                return Ok(refused);
+            }
+            tx.batch_execute(DEFAULT_LOCK_TIMEOUT).await?;
+            let stmt = tx.prepare_cached(INSERT_WITH_KEY).await?;
+            let row = tx
+                .query_one(
+                    &stmt,
+                    &[
+                        &new.title.as_str(),
+                        &new.description.as_str(),
+                        &new.status.as_str(),
+                        &idempotency.key.as_str(),
+                    ],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok(Keyed::Inserted(row))
+        })
+        .await;
+        match self.settle(client, outcome)? {
+            Keyed::Inserted(row) => Ok(Created {
+                task: task_from_row(&row)?,
+                replayed: false,
+            }),
+            Keyed::Stored(row) => replay(&row, &idempotency.fingerprint),
+            Keyed::InFlight => Err(RepoError::IdempotencyKeyInFlight),
+        }
+    }
+
     /// Says why a conditional write matched no row: the task is gone, or the condition failed.
     async fn refusal(&self, id: TaskId) -> Result<RepoError, RepoError> {
         let client = self.client().await?;
@@ -191,8 +313,19 @@ impl PgTaskRepository {
 
 #[async_trait]
 impl TaskRepository for PgTaskRepository {
-    #[tracing::instrument(level = "debug", skip(self, new), fields(status = %new.status))]
-    async fn create(&self, new: NewTask) -> Result<Task, RepoError> {
+    #[tracing::instrument(
+        level = "debug",
+        skip(self, new, idempotency),
+        fields(status = %new.status, idempotent = idempotency.is_some())
+    )]
+    async fn create(
+        &self,
+        new: NewTask,
+        idempotency: Option<Idempotency>,
+    ) -> Result<Created, RepoError> {
+        if let Some(idempotency) = idempotency {
+            return self.create_keyed(new, idempotency).await;
+        }
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.query_timeout, async {
             let stmt = client.prepare_cached(INSERT).await?;
@@ -208,7 +341,10 @@ impl TaskRepository for PgTaskRepository {
                 .await
         })
         .await;
-        task_from_row(&self.settle(client, outcome)?)
+        Ok(Created {
+            task: task_from_row(&self.settle(client, outcome)?)?,
+            replayed: false,
+        })
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
@@ -361,6 +497,27 @@ impl TaskRepository for PgTaskRepository {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
+    async fn purge_idempotency_keys(&self, older_than: TimeDelta) -> Result<u64, RepoError> {
+        let age = micros(older_than);
+        let mut purged = 0;
+        for _ in 0..PURGE_MAX_BATCHES {
+            let client = self.client().await?;
+            let outcome = tokio::time::timeout(self.query_timeout, async {
+                let stmt = client.prepare_cached(PURGE_KEYS).await?;
+                client.execute(&stmt, &[&age, &PURGE_BATCH]).await
+            })
+            .await;
+            let n = self.settle(client, outcome)?;
+            purged += n;
+            // A short batch: nothing is left but keys other purgers are deleting right now.
+            if n < PURGE_BATCH.unsigned_abs() {
+                break;
+            }
+        }
+        Ok(purged)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn ping(&self) -> Result<(), RepoError> {
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.query_timeout, async {
@@ -370,6 +527,106 @@ impl TaskRepository for PgTaskRepository {
         .await;
         self.settle(client, outcome).map(drop)
     }
+}
+
+/// Where claiming an idempotency key got to.
+enum Claim {
+    /// This transaction holds the key now.
+    Claimed,
+    /// The key is stored, committed and not expired: this row of [`SELECT_KEY`].
+    Stored(Row),
+    /// Another transaction holds the key and did not commit within the lock timeout.
+    InFlight,
+}
+
+/// How an idempotent create's transaction ended.
+enum Keyed {
+    /// The task was inserted and the key recorded with it: this row of [`task_columns!`].
+    Inserted(Row),
+    /// Nothing was written: the key is stored (this row of [`SELECT_KEY`]).
+    Stored(Row),
+    /// Nothing was written: another transaction holds the key.
+    InFlight,
+}
+
+/// Claims `idempotency`'s key in `tx`, which runs under [`CLAIM_LOCK_TIMEOUT`].
+async fn claim(
+    tx: &Transaction<'_>,
+    new: &NewTask,
+    idempotency: &Idempotency,
+) -> Result<Claim, tokio_postgres::Error> {
+    let key = idempotency.key.as_str();
+    let fingerprint = idempotency.fingerprint.as_bytes().as_slice();
+    let ttl = micros(idempotency.ttl);
+    let (title, description, status) = (
+        new.title.as_str(),
+        new.description.as_str(),
+        new.status.as_str(),
+    );
+    // Between the statements the key may be purged or taken over by another create, which
+    // sends this round again. A third round means the key keeps changing hands under concurrent
+    // creates: "in flight" says that, and a retry gets a settled answer.
+    for _ in 0..3 {
+        let stmt = tx.prepare_cached(CLAIM_KEY).await?;
+        match tx
+            .query_opt(&stmt, &[&key, &fingerprint, &title, &description, &status])
+            .await
+        {
+            Ok(Some(_)) => return Ok(Claim::Claimed),
+            Ok(None) => {}
+            Err(e) if is_lock_timeout(&e) => return Ok(Claim::InFlight),
+            Err(e) => return Err(e),
+        }
+        let stmt = tx.prepare_cached(SELECT_KEY).await?;
+        let Some(row) = tx.query_opt(&stmt, &[&key, &ttl]).await? else {
+            continue;
+        };
+        if !row.try_get::<_, bool>(8)? {
+            return Ok(Claim::Stored(row));
+        }
+        let stmt = tx.prepare_cached(TAKE_OVER_EXPIRED_KEY).await?;
+        match tx
+            .query_opt(
+                &stmt,
+                &[&key, &fingerprint, &title, &description, &status, &ttl],
+            )
+            .await
+        {
+            Ok(Some(_)) => return Ok(Claim::Claimed),
+            Ok(None) => {}
+            Err(e) if is_lock_timeout(&e) => return Ok(Claim::InFlight),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Claim::InFlight)
+}
+
+/// `lock_timeout` fired. Only while claiming a key does this mean "in flight"; anywhere else it
+/// stays `Unavailable` (see `errors`).
+fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE)
+}
+
+/// The answer from a stored key: the snapshot when the request is the same, else a refusal.
+fn replay(row: &Row, fingerprint: &RequestFingerprint) -> Result<Created, RepoError> {
+    let stored: &[u8] = row.try_get(7).map_err(errors::from_pg)?;
+    if stored != fingerprint.as_bytes() {
+        return Err(RepoError::IdempotencyKeyReused);
+    }
+    Ok(Created {
+        task: task_from_row(row)?,
+        replayed: true,
+    })
+}
+
+/// A duration in whole microseconds, as the statements take it. Saturating: an absurd duration
+/// makes PostgreSQL refuse the arithmetic rather than wrap around here.
+fn micros(d: TimeDelta) -> i64 {
+    d.num_microseconds().unwrap_or(if d < TimeDelta::zero() {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 fn invalid_counter(status: &str, e: impl std::error::Error + Send + Sync + 'static) -> RepoError {

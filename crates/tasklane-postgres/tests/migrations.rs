@@ -64,11 +64,14 @@ async fn replicas_migrating_a_fresh_database_at_once_all_succeed_and_apply_each_
 
     // The schema works.
     let repo = PgTaskRepository::new(db.pool().await, db.settings().query_timeout);
-    repo.create(NewTask {
-        title: Title::new("after migrating").unwrap(),
-        description: Description::default(),
-        status: Status::Done,
-    })
+    repo.create(
+        NewTask {
+            title: Title::new("after migrating").unwrap(),
+            description: Description::default(),
+            status: Status::Done,
+        },
+        None,
+    )
     .await
     .unwrap();
     assert_eq!(

@@ -19,7 +19,10 @@ fn new_task(title: &str, description: &str, status: Status) -> NewTask {
 }
 
 async fn create(repo: &PgTaskRepository, title: &str, status: Status) -> Task {
-    repo.create(new_task(title, "", status)).await.unwrap()
+    repo.create(new_task(title, "", status), None)
+        .await
+        .unwrap()
+        .task
 }
 
 fn title_patch(title: &str) -> TaskPatch {
@@ -112,13 +115,17 @@ async fn create_stores_version_1_and_get_reads_back_the_same_task() {
     let repo = db.repository().await;
 
     let task = repo
-        .create(new_task(
-            "Learn Docker",
-            "Complete Docker tutorial series",
-            Status::InProgress,
-        ))
+        .create(
+            new_task(
+                "Learn Docker",
+                "Complete Docker tutorial series",
+                Status::InProgress,
+            ),
+            None,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .task;
 
     assert_eq!(task.title.as_str(), "Learn Docker");
     assert_eq!(task.description.as_str(), "Complete Docker tutorial series");
@@ -129,13 +136,13 @@ async fn create_stores_version_1_and_get_reads_back_the_same_task() {
 
     // The longest values the domain allows, in multi-byte characters, survive the round trip.
     let long = repo
-        .create(new_task(
-            &"é".repeat(255),
-            &"🦀".repeat(10_000),
-            Status::Done,
-        ))
+        .create(
+            new_task(&"é".repeat(255), &"🦀".repeat(10_000), Status::Done),
+            None,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .task;
     assert_eq!(repo.get(long.id).await.unwrap(), long);
     assert_eq!(long.title.as_str().chars().count(), 255);
     assert!(long.id.get() > task.id.get());
@@ -289,9 +296,10 @@ async fn search_is_case_insensitive_unicode_aware_and_literal() {
         ("Straße", "", Status::Todo),
     ] {
         made.push(
-            repo.create(new_task(title, description, status))
+            repo.create(new_task(title, description, status), None)
                 .await
-                .unwrap(),
+                .unwrap()
+                .task,
         );
     }
     let titles = |tasks: Vec<Task>| -> Vec<String> {
@@ -351,9 +359,13 @@ async fn update_changes_only_the_given_fields_and_moves_version_and_updated_at()
     let db = TestDb::new().await;
     let repo = db.repository().await;
     let v1 = repo
-        .create(new_task("Build API", "Create RESTful API", Status::Todo))
+        .create(
+            new_task("Build API", "Create RESTful API", Status::Todo),
+            None,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .task;
 
     let v2 = repo
         .update(v1.id, status_patch(Status::Done), Precondition::None)
@@ -632,7 +644,7 @@ async fn concurrent_writes_keep_counts_exact_without_deadlocks() {
                         .map(drop),
                 }
                 .unwrap();
-                repo.create(new_task("late", "", Status::InProgress))
+                repo.create(new_task("late", "", Status::InProgress), None)
                     .await
                     .unwrap();
             }

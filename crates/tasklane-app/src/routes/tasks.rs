@@ -1,14 +1,14 @@
 //! The task routes: list, counts, create, read, update (PUT and PATCH), delete.
 
 use crate::dto::{self, CountsDto, MessageDto, TaskDto};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, IDEMPOTENCY_KEY};
 use crate::http::{bytes_etag, if_match, if_none_match, read_json_body, task_etag};
 use crate::state::AppState;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{BufMut, Bytes, BytesMut};
-use tasklane_domain::{Cursor, Limit, ListQuery, Page, SearchText, Task, TaskId};
+use tasklane_domain::{Cursor, IdempotencyKey, Limit, ListQuery, Page, SearchText, Task, TaskId};
 
 const JSON: &str = "application/json";
 
@@ -18,6 +18,25 @@ fn task_id(raw: &str) -> Result<TaskId, ApiError> {
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value).map_err(|e| ApiError::Internal(Box::new(e)))
+}
+
+/// Marks the answer to a create retried with the same `Idempotency-Key`: the first answer again.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// The `Idempotency-Key` header of a create: `None` when absent. Present more than once, or not
+/// 1 to 255 visible ASCII characters, is 400.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiError> {
+    let invalid = |why: String| ApiError::bad_request("invalid_idempotency_key", why);
+    let mut values = headers.get_all(HeaderName::from_static("idempotency-key"));
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(invalid(format!("{IDEMPOTENCY_KEY} must be given once")));
+    }
+    IdempotencyKey::from_bytes(value.as_bytes())
+        .map(Some)
+        .map_err(|e| invalid(format!("{IDEMPOTENCY_KEY} {e}")))
 }
 
 /// A task response with its ETag.
@@ -222,19 +241,30 @@ pub async fn task_counts(state: web::Data<AppState>) -> Result<HttpResponse, Api
         .body(to_json(&CountsDto::from(counts))?))
 }
 
-/// Create a task.
+/// Create a task. With an `Idempotency-Key`, a retry of the same request (within 24 hours)
+/// gets the first answer again and creates nothing.
 #[utoipa::path(
     post,
     path = "/api/tasks",
     tag = "tasks",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "Makes the create safe to retry: the same key with the same body within 24 hours returns the first response (with `Idempotent-Replayed: true`) and creates nothing. 1 to 255 visible ASCII characters, e.g. a UUID."),
+    ),
     request_body(content = dto::CreateTaskBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created", body = TaskDto,
-            headers(("Location" = String, description = "The new task's URL"), ("ETag" = String))),
-        (status = 400, description = "Not a JSON object", body = ErrorBody),
+        (status = 201, description = "Created, or the first response again for a retried Idempotency-Key", body = TaskDto,
+            headers(
+                ("Location" = String, description = "The new task's URL"),
+                ("ETag" = String),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the response to an earlier request with the same Idempotency-Key"),
+            )),
+        (status = 400, description = "Not a JSON object (`invalid_json`), or an invalid Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
+        (status = 409, description = "A request with the same Idempotency-Key is still in progress (`idempotency_key_in_flight`); retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = String))),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
+        (status = 422, description = "A field is invalid (`field` names it), or the Idempotency-Key was used with a different request (`idempotency_key_reused`, `field` is `Idempotency-Key`)", body = ErrorBody),
         (status = 503, description = "The database is unavailable", body = ErrorBody),
     )
 )]
@@ -243,12 +273,18 @@ pub async fn create_task(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    let key = idempotency_key(req.headers())?;
     let body = read_json_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
     let new = dto::parse_create(&body)?;
-    let task = state.service.create(new).await?;
-    let mut res = task_response(StatusCode::CREATED, &task)?;
+    let created = state.service.create(new, key).await?;
+    let task = &created.task;
+    let mut res = task_response(StatusCode::CREATED, task)?;
     if let Ok(location) = HeaderValue::from_str(&format!("/api/tasks/{}", task.id)) {
         res.headers_mut().insert(header::LOCATION, location);
+    }
+    if created.replayed {
+        res.headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(res)
 }
@@ -419,6 +455,46 @@ mod tests {
             code_of(parse_list_query("limit=1&limit=2")),
             Some("invalid_query")
         );
+    }
+
+    #[test]
+    fn the_idempotency_key_header_is_optional_single_and_visible_ascii() {
+        let headers = |values: &[&[u8]]| {
+            let mut map = HeaderMap::new();
+            for v in values {
+                map.append(
+                    HeaderName::from_static("idempotency-key"),
+                    HeaderValue::from_bytes(v).unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+            map
+        };
+        let code = |r: Result<Option<IdempotencyKey>, ApiError>| match r {
+            Err(ApiError::BadRequest { code, .. }) => Some(code),
+            _ => None,
+        };
+        assert_eq!(idempotency_key(&headers(&[])).ok(), Some(None));
+        assert_eq!(
+            idempotency_key(&headers(&[b"abc-123"]))
+                .ok()
+                .flatten()
+                .map(|k| k.to_string()),
+            Some("abc-123".to_owned())
+        );
+        let long = "k".repeat(256);
+        for bad in [
+            &[b"a".as_slice(), b"b".as_slice()][..],
+            &[b"".as_slice()],
+            &[b"a b".as_slice()],
+            &[b"caf\xe9".as_slice()],
+            &[long.as_bytes()],
+        ] {
+            assert_eq!(
+                code(idempotency_key(&headers(bad))),
+                Some("invalid_idempotency_key"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

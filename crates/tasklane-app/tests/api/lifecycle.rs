@@ -102,13 +102,93 @@ fn an_unreachable_database_is_retried_for_a_bounded_time_then_start_up_fails() {
 }
 
 #[test]
-fn no_database_configured_is_a_clear_error() {
-    let out = tasklane(&[], &[])
+fn store_postgres_without_a_database_url_is_a_clear_error_not_a_quiet_fallback() {
+    let dir = tempdir();
+    let out = tasklane(&[], &[("TASKLANE_STORE", "postgres")])
+        .current_dir(&dir)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TASKLANE_STORE=postgres"), "{stderr}");
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+    assert!(!dir.join("data").exists(), "no embedded file was created");
+    let out = tasklane(
+        &[],
+        &[
+            ("TASKLANE_STORE", "sqlite"),
+            ("DATABASE_URL", "postgres://x@127.0.0.1/y"),
+        ],
+    )
+    .current_dir(&dir)
+    .output()
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("contradicts"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "tasklane-lifecycle-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    dir
+}
+
+#[test]
+fn with_nothing_configured_it_serves_ui_and_api_from_an_embedded_file() {
+    let dir = tempdir();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tasklane(
+        &[],
+        &[
+            ("TASKLANE_LISTEN", listen.as_str()),
+            ("TASKLANE_LOG", "info"),
+        ],
+    )
+    .current_dir(&dir)
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap_or_else(|e| panic!("{e}"));
+    wait_until_ready(port);
+    let page = get(port, "/");
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(
+        page.contains("content-security-policy: default-src 'self'"),
+        "{page}"
+    );
+    assert!(page.contains("<title>"), "{page}");
+    let created = http(
+        port,
+        "POST /api/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 16\r\nConnection: close\r\n\r\n{\"title\":\"zero\"}",
+    );
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    assert!(get(port, "/api/tasks").contains("\"title\":\"zero\""));
+    assert!(
+        dir.join("data/tasklane.db").exists(),
+        "the default file is created"
+    );
+    let health = get(port, "/api/health");
+    assert!(health.contains("\"status\":\"healthy\""), "{health}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success());
+    let mut log = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut log);
+    }
+    assert!(
+        log.contains("embedded SQLite"),
+        "the log names the store: {log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ mod cache;
 mod conditional;
 mod health;
 mod helpers;
+mod idempotency;
 mod lifecycle;
 mod list;
 mod seed;

@@ -287,3 +287,48 @@ async fn head_works_where_get_does_and_sends_no_body() {
     assert!(header(&res, "etag").is_some());
     assert!(res.bytes().await.map(|b| b.is_empty()).unwrap_or(false));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_per_route_and_report_cache_pool_and_breaker() {
+    let app = spawn_app().await;
+    app.create("m").await;
+    for _ in 0..3 {
+        app.list("").await;
+    }
+    app.get("/api/tasks/987654").await;
+    app.get("/no/such/thing/at/all").await;
+    let res = app.get("/metrics").await;
+    assert_eq!(res.status(), 200);
+    assert!(header(&res, "content-type").is_some_and(|c| c.starts_with("text/plain")));
+    let text = res.text().await.unwrap_or_default();
+    let value = |prefix: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+    };
+    assert_eq!(
+        value(r#"tasklane_http_requests_total{method="GET",route="/api/tasks",status="200"}"#),
+        3.0
+    );
+    assert_eq!(
+        value(r#"tasklane_http_requests_total{method="POST",route="/api/tasks",status="201"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"tasklane_http_requests_total{method="GET",route="/api/tasks/{id}",status="404"}"#),
+        1.0
+    );
+    assert!(text.contains(r#"route="unmatched""#));
+    assert!(text.contains("tasklane_http_request_duration_seconds_bucket"));
+    assert_eq!(value("tasklane_cache_misses_total"), 1.0);
+    assert_eq!(value("tasklane_cache_hits_total"), 2.0);
+    assert_eq!(value("tasklane_cache_errors_total"), 0.0);
+    assert!(value("tasklane_db_pool_max") >= 1.0);
+    assert_eq!(value("tasklane_db_pool_waiting"), 0.0);
+    assert_eq!(
+        value(r#"tasklane_cache_breaker_state{state="closed"}"#),
+        1.0
+    );
+}

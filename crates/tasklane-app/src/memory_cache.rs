@@ -1,0 +1,318 @@
+//! [`MemoryTaskCache`]: the `TaskCache` port in the process's memory, for the embedded mode,
+//! where there is no Redis. It keeps the port's contract (a hit only under the current
+//! generation) with a generation counter and a bounded map of entries that expire.
+//!
+//! One process owns the store in that mode, so an in-process generation sees every write; with
+//! several processes on one database each would need the shared cache (Redis) instead.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use tasklane_domain::{CacheError, CacheLookup, Generation, TaskCache};
+
+/// How much the cache may hold, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryCacheSettings {
+    /// How long an entry is served after it was stored.
+    pub ttl: Duration,
+    /// At most this many entries; storing one more evicts the oldest.
+    pub max_entries: usize,
+    /// At most this many bytes of keys and values in all; a single value larger than this is
+    /// not stored. A list page can be large (500 tasks of up to 10,000 characters each), so the
+    /// number of entries alone does not bound the memory.
+    pub max_bytes: usize,
+}
+
+impl Default for MemoryCacheSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(60),
+            max_entries: 1024,
+            max_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A list cache in this process's memory. Every call takes a lock for a few microseconds and
+/// never waits on anything else, so the deadlines the port passes are always met and are not
+/// consulted.
+pub struct MemoryTaskCache {
+    settings: MemoryCacheSettings,
+    state: Mutex<State>,
+}
+
+struct State {
+    generation: u64,
+    entries: HashMap<String, Entry>,
+    /// The size of every key and value in `entries`.
+    bytes: usize,
+}
+
+struct Entry {
+    generation: u64,
+    value: Bytes,
+    expires: Instant,
+}
+
+fn footprint(key: &str, value: &Bytes) -> usize {
+    key.len() + value.len()
+}
+
+impl State {
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.entries.remove(key) {
+            self.bytes -= footprint(key, &old.value);
+        }
+    }
+
+    /// Evicts entries until one more of `incoming` bytes fits within both bounds: first the
+    /// expired ones, then the oldest (with a single TTL, the soonest to expire).
+    fn make_room(&mut self, incoming: usize, settings: &MemoryCacheSettings, now: Instant) {
+        let fits = |s: &State| {
+            s.entries.len() < settings.max_entries && s.bytes + incoming <= settings.max_bytes
+        };
+        if fits(self) {
+            return;
+        }
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in expired {
+            self.remove(&key);
+        }
+        if fits(self) {
+            return;
+        }
+        let mut by_age: Vec<(Instant, String)> = self
+            .entries
+            .iter()
+            .map(|(k, e)| (e.expires, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, key) in by_age {
+            if fits(self) {
+                return;
+            }
+            self.remove(&key);
+        }
+    }
+}
+
+impl std::fmt::Debug for MemoryTaskCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state();
+        f.debug_struct("MemoryTaskCache")
+            .field("settings", &self.settings)
+            .field("generation", &state.generation)
+            .field("entries", &state.entries.len())
+            .field("bytes", &state.bytes)
+            .finish()
+    }
+}
+
+impl MemoryTaskCache {
+    pub fn new(settings: MemoryCacheSettings) -> Self {
+        Self {
+            settings,
+            state: Mutex::new(State {
+                generation: 1,
+                entries: HashMap::new(),
+                bytes: 0,
+            }),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock with the state half-changed; should one
+        // ever, the worst left behind is a wrong byte count, so carry on.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl TaskCache for MemoryTaskCache {
+    async fn lookup(&self, key: &str, _deadline: Instant) -> Result<CacheLookup, CacheError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let current = state.generation;
+        match state.entries.get(key) {
+            Some(e) if e.generation == current && e.expires > now => {
+                Ok(CacheLookup::Hit(e.value.clone()))
+            }
+            Some(_) => {
+                // Expired or of an older generation: it can never be served again.
+                state.remove(key);
+                Ok(CacheLookup::Miss(Some(Generation(current))))
+            }
+            None => Ok(CacheLookup::Miss(Some(Generation(current)))),
+        }
+    }
+
+    async fn store(
+        &self,
+        key: &str,
+        generation: Generation,
+        value: Bytes,
+        _deadline: Instant,
+    ) -> Result<(), CacheError> {
+        let now = Instant::now();
+        let size = footprint(key, &value);
+        let mut state = self.state();
+        // A value computed under an older generation would never be served: keeping it would
+        // only take the place of one that may be. The same for one that cannot fit at all.
+        if generation.0 != state.generation || size > self.settings.max_bytes {
+            return Ok(());
+        }
+        state.remove(key);
+        state.make_room(size, &self.settings, now);
+        if state.entries.len() >= self.settings.max_entries {
+            // Only when `max_entries` is 0: nothing may be kept.
+            return Ok(());
+        }
+        state.bytes += size;
+        state.entries.insert(
+            key.to_owned(),
+            Entry {
+                generation: generation.0,
+                value,
+                expires: now + self.settings.ttl,
+            },
+        );
+        Ok(())
+    }
+
+    async fn bump_generation(&self, _deadline: Instant) -> Result<(), CacheError> {
+        let mut state = self.state();
+        state.generation = state.generation.wrapping_add(1);
+        // Every entry belongs to an older generation now: free them at once.
+        state.entries.clear();
+        state.bytes = 0;
+        Ok(())
+    }
+
+    async fn ping(&self, _deadline: Instant) -> Result<(), CacheError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn deadline() -> Instant {
+        Instant::now() + Duration::from_secs(1)
+    }
+
+    fn cache(ttl: Duration, max_entries: usize, max_bytes: usize) -> MemoryTaskCache {
+        MemoryTaskCache::new(MemoryCacheSettings {
+            ttl,
+            max_entries,
+            max_bytes,
+        })
+    }
+
+    async fn generation(c: &MemoryTaskCache) -> Generation {
+        match c.lookup("-", deadline()).await {
+            Ok(CacheLookup::Miss(Some(g))) => g,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn is_hit(c: &MemoryTaskCache, key: &str) -> bool {
+        matches!(c.lookup(key, deadline()).await, Ok(CacheLookup::Hit(_)))
+    }
+
+    async fn put(c: &MemoryTaskCache, key: &str, g: Generation, value: &'static [u8]) {
+        if let Err(e) = c.store(key, g, Bytes::from_static(value), deadline()).await {
+            panic!("{e:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hit_only_under_the_current_generation() {
+        let c = cache(Duration::from_secs(60), 10, 1 << 20);
+        let g = generation(&c).await;
+        put(&c, "k", g, b"v").await;
+        assert_eq!(
+            c.lookup("k", deadline()).await.ok(),
+            Some(CacheLookup::Hit(Bytes::from_static(b"v")))
+        );
+        assert!(c.bump_generation(deadline()).await.is_ok());
+        let g2 = generation(&c).await;
+        assert_ne!(g2, g);
+        assert!(!is_hit(&c, "k").await);
+        put(&c, "k", g, b"stale").await;
+        assert!(!is_hit(&c, "k").await);
+        assert_eq!(c.state().entries.len(), 0, "a stale value is not kept");
+        put(&c, "k", g2, b"fresh").await;
+        assert!(is_hit(&c, "k").await);
+    }
+
+    #[tokio::test]
+    async fn entries_expire_after_the_ttl() {
+        let c = cache(Duration::from_millis(20), 10, 1 << 20);
+        let g = generation(&c).await;
+        put(&c, "k", g, b"v").await;
+        assert!(is_hit(&c, "k").await);
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        assert!(!is_hit(&c, "k").await);
+        assert_eq!(c.state().entries.len(), 0, "an expired entry is dropped");
+        assert_eq!(c.state().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn the_oldest_entry_makes_room_for_a_new_one() {
+        let c = cache(Duration::from_secs(60), 2, 1 << 20);
+        let g = generation(&c).await;
+        put(&c, "a", g, b"1").await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        put(&c, "b", g, b"2").await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        put(&c, "c", g, b"3").await;
+        assert!(!is_hit(&c, "a").await);
+        assert!(is_hit(&c, "b").await && is_hit(&c, "c").await);
+        // Replacing a key does not evict another.
+        put(&c, "c", g, b"33").await;
+        assert!(is_hit(&c, "b").await && is_hit(&c, "c").await);
+        assert_eq!(c.state().entries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_byte_budget_holds() {
+        // Keys count too: each entry here takes 1 + 4 bytes.
+        let c = cache(Duration::from_secs(60), 100, 12);
+        let g = generation(&c).await;
+        put(&c, "a", g, b"aaaa").await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        put(&c, "b", g, b"bbbb").await;
+        assert_eq!(c.state().bytes, 10);
+        put(&c, "c", g, b"cccc").await;
+        assert!(!is_hit(&c, "a").await && is_hit(&c, "b").await && is_hit(&c, "c").await);
+        assert_eq!(c.state().bytes, 10);
+        put(&c, "huge", g, b"0123456789abcdef").await;
+        assert!(
+            !is_hit(&c, "huge").await,
+            "a value over the budget is not stored"
+        );
+        assert!(
+            is_hit(&c, "b").await && is_hit(&c, "c").await,
+            "nor evicts others"
+        );
+        assert!(c.bump_generation(deadline()).await.is_ok());
+        assert_eq!(c.state().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn zero_capacity_stores_nothing() {
+        let c = cache(Duration::from_secs(60), 0, 1 << 20);
+        let g = generation(&c).await;
+        put(&c, "k", g, b"v").await;
+        assert!(!is_hit(&c, "k").await);
+    }
+}

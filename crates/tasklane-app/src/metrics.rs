@@ -1,0 +1,186 @@
+//! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
+//! requests and latency per route, method and status; the list cache's hits, misses and
+//! errors; the PostgreSQL pool; the Redis circuit breaker.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tasklane_domain::TaskService;
+
+/// The PostgreSQL pool's state at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolGauges {
+    pub max_size: usize,
+    pub size: usize,
+    pub available: usize,
+    pub waiting: usize,
+}
+
+type PoolProbe = Box<dyn Fn() -> PoolGauges + Send + Sync>;
+type BreakerProbe = Box<dyn Fn() -> &'static str + Send + Sync>;
+
+/// Everything `/metrics` reports.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    service: Arc<TaskService>,
+    pool: Option<PoolProbe>,
+    breaker: Option<BreakerProbe>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+const BREAKER_STATES: [&str; 3] = ["closed", "open", "half_open"];
+
+impl Metrics {
+    /// # Errors
+    /// Only if the metric definitions are invalid (a bug).
+    pub fn new(
+        service: Arc<TaskService>,
+        pool: Option<PoolProbe>,
+        breaker: Option<BreakerProbe>,
+    ) -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("tasklane_http_requests_total", "HTTP requests served"),
+            &["route", "method", "status"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "tasklane_http_request_duration_seconds",
+                "Time to produce the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["route", "method", "status"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            latency,
+            service,
+            pool,
+            breaker,
+        })
+    }
+
+    fn observe(&self, route: &str, method: &str, status: u16, seconds: f64) {
+        let status = status.to_string();
+        let labels = [route, method, status.as_str()];
+        self.requests.with_label_values(&labels).inc();
+        self.latency.with_label_values(&labels).observe(seconds);
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        let stats = self.service.cache_stats();
+        for (name, help, value) in [
+            ("hits", "List reads served from the cache", &stats.hits),
+            (
+                "misses",
+                "List reads the cache could not serve",
+                &stats.misses,
+            ),
+            (
+                "errors",
+                "Cache calls that failed or timed out (served from the store)",
+                &stats.errors,
+            ),
+        ] {
+            let _ = writeln!(
+                text,
+                "# HELP tasklane_cache_{name}_total {help}\n# TYPE tasklane_cache_{name}_total counter\ntasklane_cache_{name}_total {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        if let Some(pool) = &self.pool {
+            let p = pool();
+            for (name, help, value) in [
+                ("max", "Most connections the pool may hold", p.max_size),
+                ("size", "Connections the pool holds", p.size),
+                ("available", "Idle connections", p.available),
+                (
+                    "in_use",
+                    "Connections checked out",
+                    p.size.saturating_sub(p.available),
+                ),
+                ("waiting", "Requests waiting for a connection", p.waiting),
+            ] {
+                let _ = writeln!(
+                    text,
+                    "# HELP tasklane_db_pool_{name} {help}\n# TYPE tasklane_db_pool_{name} gauge\ntasklane_db_pool_{name} {value}"
+                );
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            let current = breaker();
+            let _ = writeln!(
+                text,
+                "# HELP tasklane_cache_breaker_state The Redis circuit breaker's state (1 = current)\n# TYPE tasklane_cache_breaker_state gauge"
+            );
+            for state in BREAKER_STATES {
+                let _ = writeln!(
+                    text,
+                    "tasklane_cache_breaker_state{{state=\"{state}\"}} {}",
+                    u8::from(state == current)
+                );
+            }
+        }
+        text
+    }
+}
+
+/// Records every request (for `actix_web::middleware::from_fn`). Routes are labelled by their
+/// pattern (`/api/tasks/{id}`), and anything unrouted as `unmatched`, so that no client can
+/// grow the label set.
+pub async fn metrics_middleware(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let metrics = req.app_data::<web::Data<Metrics>>().cloned();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().clone();
+    let started = Instant::now();
+    let res = next.call(req).await?;
+    if let Some(metrics) = metrics {
+        let method = match method.as_str() {
+            m @ ("GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS") => m,
+            _ => "other",
+        };
+        metrics.observe(
+            &route,
+            method,
+            res.status().as_u16(),
+            started.elapsed().as_secs_f64(),
+        );
+    }
+    Ok(res)
+}
+
+/// `GET /metrics`.
+pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
+}
