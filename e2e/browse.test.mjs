@@ -125,7 +125,7 @@ describe('browse', () => {
       // In order, so newest first is n … 1.
       created.push(await createTask(`Page item ${String(i).padStart(2, '0')} ${token}`));
     }
-    const s = await openApp(browser);
+    const s = await openApp(browser, { autoLoad: false });
     const { page } = s;
     try {
       const listRequests = [];

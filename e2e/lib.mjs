@@ -139,8 +139,15 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * Opens the app in a fresh context. Collects page errors, console errors (CSP violations
  * show up there) and dialogs, so tests can assert that none happened.
  */
-export async function openApp(browser, { width = 1280, height = 900 } = {}) {
+export async function openApp(browser, { width = 1280, height = 900, autoLoad = true } = {}) {
   const context = await browser.newContext({ viewport: { width, height }, baseURL: BASE_URL });
+  if (!autoLoad) {
+    // Without IntersectionObserver the page loads older tasks only through "Load more": a test
+    // of the button must not race the automatic load that scrolling it into view starts.
+    await context.addInitScript(() => {
+      delete window.IntersectionObserver;
+    });
+  }
   const page = await context.newPage();
   const problems = [];
   const dialogs = [];
