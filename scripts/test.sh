@@ -5,9 +5,11 @@
 #      every adapter, adapter tests, HTTP tests of the real server;
 #   2. the browser tests (e2e/) in headless Chromium, against the embedded store and against
 #      PostgreSQL + Redis;
-#   3. the deployment checks (Compose, Dockerfiles, Kubernetes manifests, nginx config) and the
+#   3. schemathesis against the generated OpenAPI document (all phases, all checks), against
+#      both configurations;
+#   4. the deployment checks (Compose, Dockerfiles, Kubernetes manifests, nginx config) and the
 #      process-level twin of the Compose stack (nginx + two tasklane replicas).
-# TASKLANE_TEST_ONLY=rust|e2e|deploy runs one part.
+# TASKLANE_TEST_ONLY=rust|e2e|fuzz|deploy runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +38,10 @@ fi
 if want e2e; then
   echo "== browser tests"
   TASKLANE_BIN="$bin" scripts/e2e.sh
+fi
+if want fuzz; then
+  echo "== schemathesis"
+  TASKLANE_BIN="$bin" scripts/schemathesis.sh
 fi
 if want deploy; then
   echo "== deployment checks"

@@ -6,18 +6,36 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tasklane_domain::{
-    Description, NewTask, Status, StatusCounts, Task, TaskPatch, TextError, Title,
+    Description, NewTask, Status, StatusCounts, Task, TaskPatch, TextError, Title, LIMIT_MAX,
 };
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
 use utoipa::ToSchema;
+
+// The title's `pattern`, here and in the two request bodies (utoipa takes only a literal): no NUL,
+// and at least one character that is neither NUL nor Unicode White_Space, the characters Rust's
+// `str::trim` removes, which is how `Title::new` decides "blank". A unit test in routes/mod.rs
+// checks that the three copies agree.
 
 /// A task as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskDto<'a> {
     #[schema(example = 1, minimum = 1)]
     pub id: i64,
-    #[schema(example = "Learn Docker", min_length = 1, max_length = 255)]
+    /// 1 to 255 characters (Unicode scalar values), not only whitespace, no NUL.
+    #[schema(
+        example = "Learn Docker",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
+    )]
     pub title: &'a str,
-    #[schema(example = "Complete Docker tutorial series", max_length = 10000)]
+    /// At most 10,000 characters, no NUL.
+    #[schema(
+        example = "Complete Docker tutorial series",
+        max_length = 10000,
+        pattern = "^[^\\u0000]*$"
+    )]
     pub description: &'a str,
     pub status: StatusDto,
     /// RFC 3339, UTC.
@@ -68,30 +86,110 @@ impl From<Status> for StatusDto {
     }
 }
 
+/// The `status` query parameter of the list: a status, or empty for no filter.
+pub struct StatusFilterParam;
+
+impl utoipa::PartialSchema for StatusFilterParam {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(["todo", "in_progress", "done", ""]))
+            .into()
+    }
+}
+
+impl ToSchema for StatusFilterParam {}
+
+/// The `limit` query parameter of the list: 1 to 500, or empty for the default (100).
+pub struct LimitParam;
+
+impl utoipa::PartialSchema for LimitParam {
+    fn schema() -> RefOr<Schema> {
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(LIMIT_MAX)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([""])),
+            )
+            .into()
+    }
+}
+
+impl ToSchema for LimitParam {}
+
 /// The body of `POST /api/tasks`. Unknown fields are refused (422), except the read-only
-/// fields of a task, which are ignored.
+/// fields of a task (`id`, `version`, `created_at`, `updated_at`), which are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Documents the body; the handler parses it by hand.
 pub struct CreateTaskBody {
-    #[schema(example = "New Task", min_length = 1, max_length = 255)]
+    /// 1 to 255 characters (Unicode scalar values), not only whitespace, no NUL.
+    #[schema(
+        example = "New Task",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
+    )]
     title: String,
-    /// Defaults to "".
-    #[schema(example = "Test task", max_length = 10000)]
+    /// At most 10,000 characters, no NUL; absent or `null` means "".
+    #[schema(example = "Test task", max_length = 10000, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
-    /// Defaults to `todo`.
+    /// Absent means `todo`; `null` is refused.
+    #[schema(nullable = false)]
     status: Option<StatusDto>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    id: Option<Value>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    version: Option<Value>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    created_at: Option<Value>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    updated_at: Option<Value>,
 }
 
 /// The body of `PUT` and `PATCH /api/tasks/{id}`: absent fields keep their value; a `null`
-/// description means ""; `id`, `version`, `created_at` and `updated_at` are ignored.
+/// description means ""; a `null` title or status is refused; `id`, `version`, `created_at` and
+/// `updated_at` are ignored (so a task read with GET can be sent back); other fields are refused.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 #[allow(dead_code)] // Documents the body; the handler parses it by hand.
 pub struct UpdateTaskBody {
-    #[schema(example = "Updated Task", min_length = 1, max_length = 255)]
+    /// 1 to 255 characters (Unicode scalar values), not only whitespace, no NUL.
+    #[schema(
+        example = "Updated Task",
+        nullable = false,
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[^\\u0000]*[^\\u0000\\t-\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$"
+    )]
     title: Option<String>,
-    #[schema(max_length = 10000)]
+    /// At most 10,000 characters, no NUL; `null` means "".
+    #[schema(max_length = 10000, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
+    #[schema(nullable = false)]
     status: Option<StatusDto>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    id: Option<Value>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    version: Option<Value>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    created_at: Option<Value>,
+    /// Ignored (a read-only field of a task).
+    #[schema(value_type = Option<Value>)]
+    updated_at: Option<Value>,
 }
 
 /// Counts of tasks per status.

@@ -85,6 +85,9 @@ pub struct Settings {
     pub shutdown_timeout_secs: u64,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// The longest a request body may take to arrive once the headers are in (408 after that),
+    /// so that a client trickling its body cannot keep a request open.
+    pub body_timeout_ms: u64,
 }
 
 impl std::fmt::Debug for Settings {
@@ -122,6 +125,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("drain_delay_ms", "1000"),
     ("shutdown_timeout_secs", "5"),
     ("workers", "0"),
+    ("body_timeout_ms", "10000"),
 ];
 
 impl Settings {
@@ -190,6 +194,9 @@ impl Settings {
         if self.cache_pool_size == 0 {
             return Err(invalid("TASKLANE_CACHE_POOL_SIZE", "must be at least 1"));
         }
+        if self.body_timeout_ms == 0 {
+            return Err(invalid("TASKLANE_BODY_TIMEOUT_MS", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -223,6 +230,10 @@ impl Settings {
 
     pub fn cache_timeout(&self) -> Duration {
         Duration::from_millis(self.cache_timeout_ms)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_millis(self.body_timeout_ms)
     }
 }
 
@@ -281,6 +292,7 @@ mod tests {
         let s = load(&[]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.listen, "127.0.0.1:5000");
         assert_eq!(s.cache_timeout(), Duration::from_millis(100));
+        assert_eq!(s.body_timeout(), Duration::from_secs(10));
         assert!(s.database_url.is_none());
         assert!(s.cors_origins().is_empty());
     }
@@ -380,5 +392,12 @@ mod tests {
     fn a_bad_number_is_refused() {
         assert!(load(&[("TASKLANE_DB_POOL_SIZE", "lots")]).is_err());
         assert!(load(&[("TASKLANE_DB_POOL_SIZE", "0")]).is_err());
+        assert!(load(&[("TASKLANE_BODY_TIMEOUT_MS", "0")]).is_err());
+        assert_eq!(
+            load(&[("TASKLANE_BODY_TIMEOUT_MS", "2000")])
+                .map(|s| s.body_timeout())
+                .ok(),
+            Some(Duration::from_secs(2))
+        );
     }
 }

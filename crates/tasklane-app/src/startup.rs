@@ -286,6 +286,11 @@ pub async fn wire(settings: &Settings) -> Result<Wiring, StartupError> {
     })
 }
 
+/// The longest the head of a connection's first request may take to arrive.
+pub const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a closing connection may take to shut down once its answer is written.
+pub const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How often expired idempotency keys are purged.
 const IDEMPOTENCY_CLEANUP_EVERY: Duration = Duration::from_secs(15 * 60);
 
@@ -402,7 +407,7 @@ impl Application {
             service,
             draining: Arc::new(AtomicBool::new(false)),
             max_body_bytes: crate::http::MAX_BODY_BYTES,
-            body_timeout: Duration::from_secs(10),
+            body_timeout: settings.body_timeout(),
         };
         let origins = settings.cors_origins();
         let data = web::Data::new(state.clone());
@@ -420,6 +425,12 @@ impl Application {
                 .default_service(routes::fallback())
         })
         .disable_signals()
+        // Slow clients: the request head (line and headers) of a connection's first request must
+        // arrive within this, or the answer is 408 and the connection closes. (actix applies it to
+        // the first request of a connection only; the body has its own deadline, `body_timeout`,
+        // in `read_json_body`.) Both are actix's defaults, set here so that they are visible.
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .shutdown_timeout(settings.shutdown_timeout_secs);
         if settings.workers > 0 {
             server = server.workers(settings.workers);

@@ -169,17 +169,19 @@ impl RenderedList {
     path = "/api/tasks",
     tag = "tasks",
     params(
-        ("status" = Option<String>, Query, description = "Only tasks in this status: todo, in_progress or done"),
-        ("q" = Option<String>, Query, description = "Case-insensitive substring of the title or description (at most 255 characters; % and _ match literally)"),
-        ("limit" = Option<u32>, Query, description = "Page size, 1 to 500 (default 100)"),
-        ("cursor" = Option<String>, Query, description = "Opaque cursor from a previous page's Link header"),
+        ("status" = inline(Option<dto::StatusFilterParam>), Query, description = "Only tasks in this status (empty: no filter); any other value is 400"),
+        ("q" = Option<String>, Query, max_length = 255, pattern = "^[^\\u0000]*$", description = "Case-insensitive substring of the title or description (empty: no filter; % and _ match literally); over 255 characters or a NUL is 400"),
+        ("limit" = inline(Option<dto::LimitParam>), Query, description = "Page size, 1 to 500 (empty or absent: 100); anything else is 400"),
+        ("cursor" = Option<String>, Query, max_length = 100, pattern = "^[A-Za-z0-9_-]*$", description = "Opaque cursor from a previous page's Link header (empty: the first page); one this server did not issue is 400"),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "304 when the current ETag is one of these (weak comparison; `*` matches any)"),
     ),
     responses(
         (status = 200, description = "A page of tasks, newest first", body = Vec<TaskDto>,
-            headers(("ETag" = String), ("Link" = String, description = "RFC 8288 link to the next page, when more tasks exist"))),
-        (status = 304, description = "Not modified since the ETag given in If-None-Match"),
-        (status = 400, description = "A bad status, q, limit or cursor", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+            headers(("ETag" = String), ("Link" = String, description = "RFC 8288 link to the next page (`</api/tasks?...&cursor=...>; rel=\"next\"`), when more tasks exist"))),
+        (status = 304, description = "Not modified since the ETag given in If-None-Match",
+            headers(("ETag" = String), ("Link" = String, description = "As on the 200 answer"))),
+        (status = 400, description = "A bad status (`invalid_status`), q (`invalid_search`), limit (`invalid_limit`) or cursor (`invalid_cursor`), or a parameter given twice or a malformed query string (`invalid_query`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn list_tasks(
@@ -231,7 +233,7 @@ pub async fn list_tasks(
     tag = "tasks",
     responses(
         (status = 200, description = "Counts per status", body = CountsDto),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn task_counts(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
@@ -248,24 +250,31 @@ pub async fn task_counts(state: web::Data<AppState>) -> Result<HttpResponse, Api
     path = "/api/tasks",
     tag = "tasks",
     params(
-        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
-            description = "Makes the create safe to retry: the same key with the same body within 24 hours returns the first response (with `Idempotent-Replayed: true`) and creates nothing. 1 to 255 visible ASCII characters, e.g. a UUID."),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "Makes the create safe to retry: the same key with the same body within 24 hours returns the first response (with `Idempotent-Replayed: true`) and creates nothing; with a different body it is 422. 1 to 255 visible ASCII characters, e.g. a UUID; anything else is 400."),
     ),
     request_body(content = dto::CreateTaskBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Created, or the first response again for a retried Idempotency-Key", body = TaskDto,
             headers(
-                ("Location" = String, description = "The new task's URL"),
+                ("Location" = String, description = "The new task's URL, relative"),
                 ("ETag" = String),
                 ("Idempotent-Replayed" = String, description = "`true` when this repeats the response to an earlier request with the same Idempotency-Key"),
+            ),
+            links(
+                ("GetTask" = (operation_id = "get_task", parameters(("id" = "$response.body#/id")), description = "Read the task")),
+                ("UpdateTask" = (operation_id = "update_task", parameters(("id" = "$response.body#/id")), description = "Update the task")),
+                ("PatchTask" = (operation_id = "patch_task", parameters(("id" = "$response.body#/id")), description = "Patch the task")),
+                ("DeleteTask" = (operation_id = "delete_task", parameters(("id" = "$response.body#/id")), description = "Delete the task")),
             )),
-        (status = 400, description = "Not a JSON object (`invalid_json`), or an invalid Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
+        (status = 400, description = "Not a JSON object (`invalid_json`), an unreadable body (`invalid_body`), or an invalid Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`); the connection is closed", body = ErrorBody),
         (status = 409, description = "A request with the same Idempotency-Key is still in progress (`idempotency_key_in_flight`); retry after `Retry-After` seconds", body = ErrorBody,
             headers(("Retry-After" = String))),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "A field is invalid (`field` names it), or the Idempotency-Key was used with a different request (`idempotency_key_reused`, `field` is `Idempotency-Key`)", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON (`application/json` or `application/*+json`) (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is invalid (`validation_failed`; `field` names it), or the Idempotency-Key was used with a different request (`idempotency_key_reused`, `field` is `Idempotency-Key`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn create_task(
@@ -294,12 +303,15 @@ pub async fn create_task(
     get,
     path = "/api/tasks/{id}",
     tag = "tasks",
-    params(("id" = i64, Path, description = "The task's id")),
+    params(
+        ("id" = i64, Path, minimum = 1, description = "The task's id, a positive 64-bit integer. Any other segment (not digits, zero, negative, out of range) is 404."),
+        ("If-None-Match" = Option<String>, Header, nullable = false, description = "304 when the current ETag is one of these (weak comparison; `*` matches any)"),
+    ),
     responses(
         (status = 200, description = "The task", body = TaskDto, headers(("ETag" = String))),
-        (status = 304, description = "Not modified since the ETag given in If-None-Match"),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 304, description = "Not modified since the ETag given in If-None-Match", headers(("ETag" = String))),
+        (status = 404, description = "No such task (`task_not_found`), including ids that are not a positive 64-bit integer", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn get_task(
@@ -323,19 +335,20 @@ pub async fn get_task(
     path = "/api/tasks/{id}",
     tag = "tasks",
     params(
-        ("id" = i64, Path, description = "The task's id"),
-        ("If-Match" = Option<String>, Header, description = "Only update if the task's ETag is still this"),
+        ("id" = i64, Path, minimum = 1, description = "The task's id, a positive 64-bit integer. Any other segment (not digits, zero, negative, out of range) is 404."),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Only update if the task's ETag is still one of these (`*`: if it exists); otherwise 412. Weak tags never match."),
     ),
-    request_body(content = dto::UpdateTaskBody, content_type = "application/json"),
+    request_body(content((dto::UpdateTaskBody = "application/json"))),
     responses(
         (status = 200, description = "The updated task", body = TaskDto, headers(("ETag" = String))),
-        (status = 400, description = "Not a JSON object", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 412, description = "The task changed since the If-Match ETag", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 400, description = "Not a JSON object (`invalid_json`) or an unreadable body (`invalid_body`)", body = ErrorBody),
+        (status = 404, description = "No such task (`task_not_found`), including ids that are not a positive 64-bit integer", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 412, description = "The task changed since the If-Match ETag (`precondition_failed`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON (`application/json` or `application/*+json`) (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is invalid (`validation_failed`); `field` names it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn update_task(
@@ -360,19 +373,20 @@ pub async fn update_task(
     path = "/api/tasks/{id}",
     tag = "tasks",
     params(
-        ("id" = i64, Path, description = "The task's id"),
-        ("If-Match" = Option<String>, Header, description = "Only update if the task's ETag is still this"),
+        ("id" = i64, Path, minimum = 1, description = "The task's id, a positive 64-bit integer. Any other segment (not digits, zero, negative, out of range) is 404."),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Only update if the task's ETag is still one of these (`*`: if it exists); otherwise 412. Weak tags never match."),
     ),
-    request_body(content = dto::UpdateTaskBody, content_type = "application/merge-patch+json"),
+    request_body(content((dto::UpdateTaskBody = "application/merge-patch+json"), (dto::UpdateTaskBody = "application/json"))),
     responses(
         (status = 200, description = "The updated task", body = TaskDto, headers(("ETag" = String))),
-        (status = 400, description = "Not a JSON object", body = ErrorBody),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 412, description = "The task changed since the If-Match ETag", body = ErrorBody),
-        (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
-        (status = 422, description = "A field is invalid; `field` names it", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 400, description = "Not a JSON object (`invalid_json`) or an unreadable body (`invalid_body`)", body = ErrorBody),
+        (status = 404, description = "No such task (`task_not_found`), including ids that are not a positive 64-bit integer", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time (`request_timeout`); the connection is closed", body = ErrorBody),
+        (status = 412, description = "The task changed since the If-Match ETag (`precondition_failed`)", body = ErrorBody),
+        (status = 413, description = "Body over 64 KiB (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON (`application/json` or `application/*+json`) (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "A field is invalid (`validation_failed`); `field` names it", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn patch_task(
@@ -390,14 +404,14 @@ pub async fn patch_task(
     path = "/api/tasks/{id}",
     tag = "tasks",
     params(
-        ("id" = i64, Path, description = "The task's id"),
-        ("If-Match" = Option<String>, Header, description = "Only delete if the task's ETag is still this"),
+        ("id" = i64, Path, minimum = 1, description = "The task's id, a positive 64-bit integer. Any other segment (not digits, zero, negative, out of range) is 404."),
+        ("If-Match" = Option<String>, Header, nullable = false, description = "Only delete if the task's ETag is still one of these (`*`: if it exists); otherwise 412. Weak tags never match."),
     ),
     responses(
         (status = 200, description = "Deleted", body = MessageDto),
-        (status = 404, description = "No such task", body = ErrorBody),
-        (status = 412, description = "The task changed since the If-Match ETag", body = ErrorBody),
-        (status = 503, description = "The database is unavailable", body = ErrorBody),
+        (status = 404, description = "No such task (`task_not_found`), including ids that are not a positive 64-bit integer", body = ErrorBody),
+        (status = 412, description = "The task changed since the If-Match ETag (`precondition_failed`)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable (`unavailable`); retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 pub async fn delete_task(

@@ -10,6 +10,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod lifecycle;
+mod limits;
 mod list;
 mod seed;
 mod tasks;
