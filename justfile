@@ -34,3 +34,13 @@ migrate:
 # Insert the seed's three sample tasks (only into an empty database).
 demo-data:
     cargo run --release --bin tasklane -- demo-data
+
+# The fault-injection suite (issue 6): private PostgreSQL clusters and redis-servers, the fault
+# proxy, the real binary under load; one test at a time.
+# Figures are printed and appended to target/figures.jsonl. Filter: `just resilience postgres_hung`.
+resilience *FILTER:
+    TASKLANE_FIGURES_FILE="${TASKLANE_FIGURES_FILE:-$PWD/target/figures.jsonl}" cargo nextest run -p tasklane-app --test resilience --test-threads 1 --no-capture {{FILTER}}
+
+# Measure Tasklane against this machine's limits (docs/PERFORMANCE.md).
+bench:
+    scripts/bench.sh

@@ -2,7 +2,8 @@
 # Runs every Tasklane test, on a fresh machine too. Starts (or installs) PostgreSQL and Redis,
 # builds the workspace once, then runs, reusing that build:
 #   1. the Rust suites with nextest: domain units against mocks, the port contract suites against
-#      every adapter, adapter tests, HTTP tests of the real server;
+#      every adapter, adapter tests, HTTP tests of the real server; then the resilience suite
+#      (fault injection with private PostgreSQL and Redis instances), one test at a time;
 #   2. the browser tests (e2e/) in headless Chromium, against the embedded store and against
 #      PostgreSQL + Redis;
 #   3. schemathesis against the generated OpenAPI document (all phases, all checks), against
@@ -33,7 +34,11 @@ bin="$(pwd)/target/debug/tasklane"
 
 if want rust; then
   echo "== Rust suites (nextest)"
-  cargo nextest run --workspace --locked --profile "$profile"
+  cargo nextest run --workspace --locked --profile "$profile" -E 'not binary(resilience)'
+  echo "== resilience suite (fault injection; one test at a time)"
+  TASKLANE_FIGURES_FILE="${TASKLANE_FIGURES_FILE:-$(pwd)/target/figures.jsonl}" \
+    cargo nextest run -p tasklane-app --test resilience --locked --profile "$profile" \
+    --test-threads 1 --no-capture
 fi
 if want e2e; then
   echo "== browser tests"

@@ -1,0 +1,460 @@
+//! The stale-cache race, under load, with the cache write delayed; then garbage in the cache.
+//!
+//! How the delay is injected, and why there: the race a cache-aside list can lose is "a reader
+//! reads the database, a write commits and invalidates, then the reader stores what it read".
+//! Its window is the time between the reader's database snapshot and its cache write. Both
+//! PostgreSQL and Redis sit behind the fault proxy with added latency:
+//!
+//! - PostgreSQL, `PG_DELAY` each way: every reader holds its result for at least that long
+//!   between the snapshot (taken when the query reaches the server) and the cache write (sent
+//!   when the answer is back), so writes commit, bump the generation and are acknowledged inside
+//!   that window all the time. This is the delay before the cache write that matters.
+//! - Redis, `REDIS_DELAY` each way: every Redis call, the cache write included, lands later. On
+//!   its own this would not widen the window: the server sends all its Redis commands down one
+//!   multiplexed connection, so a reader's `SET` and a writer's `INCR` arrive in the order they
+//!   were sent, however slow the link. It is there so that the generation check and the write
+//!   also race against a slow Redis.
+
+use crate::harness::{
+    breaker_state, cache_counters, client, exchange, private_pg, private_redis, seed_tasks, App,
+    Figures, Recorder, Summary,
+};
+use deadpool_redis::redis;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tasklane_testkit::proxy::{FaultProxy, Mode};
+
+const WRITERS: usize = 8;
+const READERS: usize = 32;
+const PG_DELAY: Duration = Duration::from_millis(10);
+const REDIS_DELAY: Duration = Duration::from_millis(2);
+/// A writer's longest pause between writes (the pause is uniform in 0..=this): about ten
+/// writes a second from the eight writers.
+const WRITE_PAUSE_MAX_MS: u64 = 1500;
+/// A reader's pause between reads.
+const READ_PAUSE: Duration = Duration::from_millis(20);
+const PREFIX: &str = "resilience-stale";
+
+/// `w{writer}-{n}` → (writer, n).
+fn parse_title(title: &str) -> Option<(usize, u64)> {
+    let (w, n) = title.strip_prefix('w')?.split_once('-')?;
+    Some((w.parse().ok()?, n.parse().ok()?))
+}
+
+/// The writers whose acknowledged counter (`floor`, noted before the read began) the list
+/// `list` does not show: each entry describes one stale task.
+fn behind(floor: &[u64], list: &Value) -> Vec<String> {
+    let mut seen = vec![None; floor.len()];
+    for (_, title, _) in api_rows(list) {
+        if let Some((w, n)) = parse_title(&title) {
+            if let Some(slot) = seen.get_mut(w) {
+                *slot = Some(n);
+            }
+        }
+    }
+    floor
+        .iter()
+        .zip(&seen)
+        .enumerate()
+        .filter(|(_, (floor, seen))| seen.is_none_or(|n| n < **floor))
+        .map(|(w, (floor, seen))| format!("writer {w}: acknowledged {floor}, read {seen:?}"))
+        .collect()
+}
+
+/// The tasks as the database has them, newest first: (id, title, version).
+async fn db_rows(client: &tokio_postgres::Client) -> Vec<(i64, String, i64)> {
+    client
+        .query(
+            "SELECT id, title, version::bigint FROM tasks ORDER BY created_at DESC, id DESC",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+/// The same three fields of a list response.
+fn api_rows(list: &Value) -> Vec<(i64, String, i64)> {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|t| {
+                    (
+                        t["id"].as_i64().unwrap_or(-1),
+                        t["title"].as_str().unwrap_or_default().to_owned(),
+                        t["version"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Issue 6: "Stale-cache race: 8 writers and 32 readers for 30 s with a delay injected before
+/// the cache write: 0 reads that miss an acknowledged write; cache and database agree at the
+/// end; a cache entry overwritten with garbage is a miss, not a 500."
+///
+/// Writer `i` owns task `i` and renames it `w{i}-1`, `w{i}-2`, ... one PUT at a time; after each
+/// 200 it publishes `n` as acknowledged. A reader notes every writer's acknowledged `n` before it
+/// sends its list request; the list must then show each task at that `n` or later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_cache_race_with_a_delayed_cache_write() {
+    let mut figures = Figures::new("stale_cache_race_with_a_delayed_cache_write");
+    let (pg, _) = private_pg().await;
+    let redis = private_redis().await;
+    let pg_proxy = FaultProxy::start(pg.addr()).unwrap();
+    let redis_proxy = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).unwrap();
+    let app = Arc::new(
+        App::spawn(&[
+            (
+                "DATABASE_URL",
+                format!("postgres://postgres@127.0.0.1:{}/tasklane", pg_proxy.port()),
+            ),
+            (
+                "REDIS_URL",
+                format!("redis://127.0.0.1:{}", redis_proxy.port()),
+            ),
+            ("TASKLANE_CACHE_KEY_PREFIX", PREFIX.to_owned()),
+            ("TASKLANE_DB_POOL_SIZE", "16".to_owned()),
+        ])
+        .await,
+    );
+    let _log = app.log_on_panic();
+    let client = client();
+    let ids: Arc<Vec<i64>> = Arc::new(seed_tasks(&client, &app, WRITERS).await);
+    // The seeds are titled seed-{i}: rename them w{i}-0 so that every task has a counter.
+    for (i, id) in ids.iter().enumerate() {
+        let reply = exchange(
+            client
+                .put(app.url(&format!("/api/tasks/{id}")))
+                .header("content-type", "application/json")
+                .body(json!({ "title": format!("w{i}-0") }).to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    pg_proxy.set_mode(Mode::Latency(PG_DELAY));
+    redis_proxy.set_mode(Mode::Latency(REDIS_DELAY));
+
+    let load = crate::harness::load_duration();
+    let counters_before = cache_counters(&client, &app).await;
+    let rec = Arc::new(Recorder::new());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let stale = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stale_count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let (app, rec, acked, ids) = (app.clone(), rec.clone(), acked.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = crate::harness::client();
+            let mut n = 0u64;
+            while rec.now() < load && n < 100_000 {
+                n += 1;
+                let req = client
+                    .put(app.url(&format!("/api/tasks/{}", ids[i])))
+                    .header("content-type", "application/json")
+                    .body(json!({ "title": format!("w{i}-{n}") }).to_string());
+                if let Ok(reply) = rec.send("write", req).await {
+                    if reply.status == 200 {
+                        acked[i].store(n, Ordering::SeqCst);
+                    }
+                }
+                // A random pause, so that the generation stands still long enough for entries
+                // to be stored and hit between writes, and writes land at any point of a
+                // reader's miss.
+                let pause =
+                    u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * WRITE_PAUSE_MAX_MS / 255;
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }));
+    }
+    for _ in 0..READERS {
+        let (app, rec, acked, stale, stale_count) = (
+            app.clone(),
+            rec.clone(),
+            acked.clone(),
+            stale.clone(),
+            stale_count.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let client = crate::harness::client();
+            let mut reads = 0u64;
+            while rec.now() < load && reads < 1_000_000 {
+                reads += 1;
+                // What was acknowledged before this read began.
+                let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+                let Ok(reply) = rec.send("read", client.get(app.url("/api/tasks"))).await else {
+                    continue;
+                };
+                if reply.status != 200 {
+                    continue;
+                }
+                for problem in behind(&floor, &reply.json()) {
+                    stale_count.fetch_add(1, Ordering::SeqCst);
+                    let mut stale = stale.lock().unwrap();
+                    if stale.len() < 10 {
+                        stale.push(format!("{problem} at {:?}", rec.now()));
+                    }
+                }
+                tokio::time::sleep(READ_PAUSE).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let counters_after = cache_counters(&client, &app).await;
+    pg_proxy.set_mode(Mode::Pass);
+    redis_proxy.set_mode(Mode::Pass);
+
+    // The load may have tripped the breaker (a cache call slower than its budget on a busy
+    // machine): wait, bounded, until the cache is in use again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while breaker_state(&client, &app).await != "closed" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // At the end: the list (a miss, then a hit) agrees with the table.
+    let direct = pg.client("tasklane").await.unwrap();
+    let truth = db_rows(&direct).await;
+    let mut agree = Vec::new();
+    for _ in 0..2 {
+        let before = cache_counters(&client, &app).await;
+        let reply = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
+        let after = cache_counters(&client, &app).await;
+        agree.push((
+            reply.status,
+            api_rows(&reply.json()) == truth,
+            if after.0 > before.0 { "hit" } else { "miss" },
+        ));
+    }
+    // More entries, for the garbage round.
+    for path in ["/api/tasks?limit=5", "/api/tasks?status=todo"] {
+        let _ = exchange(client.get(app.url(path))).await.unwrap();
+    }
+
+    // Garbage: every entry overwritten, in four ways; each read must still be right.
+    let redis_client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = redis_client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let generation_key = format!("{PREFIX}:gen");
+    let mut garbage_rounds = Vec::new();
+    for variant in [
+        "random",
+        "short",
+        "generation+random",
+        "generation+bad-header",
+    ] {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{PREFIX}:*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.retain(|k| *k != generation_key);
+        let generation: u64 = redis::cmd("GET")
+            .arg(&generation_key)
+            .query_async::<Option<u64>>(&mut conn)
+            .await
+            .unwrap()
+            .unwrap_or(0);
+        let noise = uuid::Uuid::new_v4().as_bytes().to_vec();
+        let value: Vec<u8> = match variant {
+            "random" => noise.iter().chain(noise.iter()).copied().collect(),
+            "short" => vec![1, 2, 3],
+            "generation+random" => generation
+                .to_be_bytes()
+                .iter()
+                .chain(noise.iter())
+                .copied()
+                .collect(),
+            _ => generation
+                .to_be_bytes()
+                .iter()
+                .chain(b"TL1\n\xff\xfe\n\n[".iter())
+                .copied()
+                .collect(),
+        };
+        for key in &keys {
+            redis::cmd("SET")
+                .arg(key)
+                .arg(&value)
+                .arg("PX")
+                .arg(60_000)
+                .query_async::<()>(&mut conn)
+                .await
+                .unwrap();
+        }
+        let before = cache_counters(&client, &app).await;
+        let mut statuses = Vec::new();
+        let mut correct = true;
+        for path in ["/api/tasks", "/api/tasks?limit=5", "/api/tasks?status=todo"] {
+            let reply = exchange(client.get(app.url(path))).await.unwrap();
+            statuses.push(reply.status);
+            let expected: Vec<_> = if path.contains("limit=5") {
+                truth.iter().take(5).cloned().collect()
+            } else {
+                truth.clone()
+            };
+            correct &= api_rows(&reply.json()) == expected;
+        }
+        let after = cache_counters(&client, &app).await;
+        garbage_rounds.push(json!({
+            "variant": variant,
+            "entries_overwritten": keys.len(),
+            "statuses": statuses,
+            "correct": correct,
+            "hits": after.0 - before.0,
+            "misses": after.1 - before.1,
+            "errors": after.2 - before.2,
+        }));
+    }
+
+    // A control, to show that the check above can fail: forge a stale entry (a list read
+    // before a write, stored under the generation after it) and read it back. The garbage
+    // entries go first: a clean miss stores a good entry.
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.retain(|k| *k != generation_key);
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let before_write = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
+    let _ = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{PREFIX}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.retain(|k| *k != generation_key);
+    let mut old_entry = None;
+    for key in &keys {
+        let value: Vec<u8> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if value.ends_with(&before_write.body) {
+            old_entry = Some((key.clone(), value));
+        }
+    }
+    let (key, old_value) = old_entry.expect("the list's cache entry");
+    let n = acked[0].load(Ordering::SeqCst) + 1;
+    let reply = exchange(
+        client
+            .put(app.url(&format!("/api/tasks/{}", ids[0])))
+            .header("content-type", "application/json")
+            .body(json!({ "title": format!("w0-{n}") }).to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    acked[0].store(n, Ordering::SeqCst);
+    let generation: u64 = redis::cmd("GET")
+        .arg(&generation_key)
+        .query_async::<Option<u64>>(&mut conn)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let forged: Vec<u8> = generation
+        .to_be_bytes()
+        .iter()
+        .chain(old_value.get(8..).unwrap_or_default())
+        .copied()
+        .collect();
+    redis::cmd("SET")
+        .arg(&key)
+        .arg(&forged)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let forged_read = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
+    let control = behind(&floor, &forged_read.json());
+    redis::cmd("DEL")
+        .arg(&key)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+
+    let all = rec.all();
+    let reads = Summary::of(all.iter().filter(|r| r.kind == "read"));
+    let writes = Summary::of(all.iter().filter(|r| r.kind == "write"));
+    let (hits, misses) = (
+        counters_after.0 - counters_before.0,
+        counters_after.1 - counters_before.1,
+    );
+    let acked_writes: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+
+    figures.set("writers", WRITERS);
+    figures.set("readers", READERS);
+    figures.set("load_s", load.as_secs());
+    figures.set_ms("pg_added_latency_each_way_ms", PG_DELAY);
+    figures.set_ms("redis_added_latency_each_way_ms", REDIS_DELAY);
+    figures.set("reads", reads.to_json());
+    figures.set("writes", writes.to_json());
+    figures.set("acknowledged_writes", acked_writes);
+    figures.set("stale_reads", stale_count.load(Ordering::SeqCst));
+    figures.set("cache_hits", hits);
+    figures.set("cache_misses", misses);
+    figures.set("cache_errors", counters_after.2 - counters_before.2);
+    figures.set(
+        "hit_rate",
+        if hits + misses > 0.0 {
+            (hits / (hits + misses) * 1000.0).round() / 1000.0
+        } else {
+            0.0
+        },
+    );
+    figures.set(
+        "end_reads_agree_with_db",
+        json!(agree
+            .iter()
+            .map(|(s, ok, how)| json!({"status": s, "agrees": ok, "cache": how}))
+            .collect::<Vec<_>>()),
+    );
+    figures.set("garbage", json!(garbage_rounds));
+    figures.set("control_forged_stale_entry_detected", json!(control));
+    figures.emit();
+
+    assert_eq!(reads.failed, 0, "failed reads");
+    assert_eq!(writes.failed, 0, "failed writes");
+    assert_eq!(
+        stale_count.load(Ordering::SeqCst),
+        0,
+        "reads missing an acknowledged write: {:?}",
+        stale.lock().unwrap()
+    );
+    assert!(acked_writes > 0 && reads.count > 0, "no load ran");
+    for (status, ok, how) in &agree {
+        assert_eq!(*status, 200);
+        assert!(ok, "the list ({how}) disagrees with the database");
+    }
+    assert_eq!(
+        agree[1].2, "hit",
+        "the second read is served from the cache"
+    );
+    assert_eq!(
+        control.len(),
+        1,
+        "the check did not catch a forged stale entry: {control:?}"
+    );
+    for round in &garbage_rounds {
+        assert_eq!(round["statuses"], json!([200, 200, 200]), "{round}");
+        assert_eq!(round["correct"], json!(true), "{round}");
+    }
+}
