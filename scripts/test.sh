@@ -16,6 +16,9 @@ cd "$(dirname "$0")/.."
 
 only=${TASKLANE_TEST_ONLY:-all}
 want() { [ "$only" = all ] || [ "$only" = "$1" ]; }
+# Every suite that runs to its end is counted; `set -e` stops at the first that fails.
+suites=0
+passed() { suites=$((suites + 1)); }
 
 scripts/services.sh
 
@@ -35,23 +38,30 @@ bin="$(pwd)/target/debug/tasklane"
 if want rust; then
   echo "== Rust suites (nextest)"
   cargo nextest run --workspace --locked --profile "$profile" -E 'not binary(resilience)'
+  passed
   echo "== resilience suite (fault injection; one test at a time)"
   TASKLANE_FIGURES_FILE="${TASKLANE_FIGURES_FILE:-$(pwd)/target/figures.jsonl}" \
     cargo nextest run -p tasklane-app --test resilience --locked --profile "$profile" \
     --test-threads 1 --no-capture
+  passed
 fi
 if want e2e; then
   echo "== browser tests"
   TASKLANE_BIN="$bin" scripts/e2e.sh
+  passed
 fi
 if want fuzz; then
   echo "== schemathesis"
   TASKLANE_BIN="$bin" scripts/schemathesis.sh
+  passed
 fi
 if want deploy; then
   echo "== deployment checks"
   bash scripts/check-deploy.sh
+  passed
   echo "== process-level twin of the Compose stack"
   TASKLANE_BIN="$bin" scripts/deploy-twin.sh
+  passed
 fi
 echo "test: all suites passed"
+echo "suites: $suites passed, 0 failed"
