@@ -47,6 +47,12 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     env.insert("TASKLANE_WORKERS".into(), "2".into());
     env.insert("TASKLANE_DRAIN_DELAY_MS".into(), "0".into());
     env.insert("TASKLANE_STARTUP_TIMEOUT_SECS".into(), "5".into());
+    // Eight tests at once on two cores: opening a connection can take longer than the
+    // production default of 500 ms, which would turn a slow machine into a flaky 503. The
+    // timeouts themselves are tested by the resilience suite.
+    env.insert("TASKLANE_DB_WAIT_TIMEOUT_MS".into(), "5000".into());
+    env.insert("TASKLANE_DB_CONNECT_TIMEOUT_MS".into(), "5000".into());
+    env.insert("TASKLANE_DB_QUERY_TIMEOUT_MS".into(), "10000".into());
     for (k, v) in options.extra {
         env.insert(k.into(), v);
     }
