@@ -11,6 +11,13 @@
 //! It also keeps the idempotency keys of the creates running in this process, so that a
 //! duplicate sent while the first is still running is refused at once (409) instead of queueing
 //! behind it in the store.
+//!
+//! And it reads the store once, not once per reader, when many readers miss the same list entry
+//! at the same time (single-flight): after a write bumps the generation, every hot reader misses
+//! at once; the first one reads the store, and the others that saw the same generation wait for
+//! its bytes instead of sending the same query. Keyed by the generation, so a reader that began
+//! after a write was acknowledged (and so sees a newer generation) never waits for a read that
+//! may predate that write.
 
 use crate::idempotency::{Idempotency, IdempotencyKey, IDEMPOTENCY_KEY_TTL};
 use crate::ports::{
@@ -19,9 +26,12 @@ use crate::ports::{
 use crate::query::{ListQuery, Page, StatusCounts};
 use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch};
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// What a use case can fail with. The HTTP layer maps each to a status code.
@@ -90,6 +100,8 @@ pub struct TaskService {
     stats: CacheStats,
     /// The idempotency keys of the creates running in this process.
     in_flight: Mutex<HashSet<IdempotencyKey>>,
+    /// The store reads of missed list entries running now, by entry and generation.
+    flights: Flights,
 }
 
 /// A key of [`TaskService::in_flight`], released when dropped: when the create returns, fails,
@@ -105,11 +117,123 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The set stays consistent whatever panicked while it was locked (insert and remove only).
-fn lock(
-    keys: &Mutex<HashSet<IdempotencyKey>>,
-) -> std::sync::MutexGuard<'_, HashSet<IdempotencyKey>> {
-    keys.lock().unwrap_or_else(PoisonError::into_inner)
+/// Every mutex here guards a value that each critical section leaves consistent (inserts,
+/// removals, a swap), so one that a panic poisoned is still fine to use.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A missed list entry, under the generation its readers saw.
+type FlightKey = (String, Generation);
+
+/// The list reads in flight (single-flight on cache misses). No runtime is needed: waiters are
+/// woken through their `Waker`s, so the domain stays free of tokio.
+#[derive(Default)]
+struct Flights {
+    running: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+}
+
+/// One store read, and the readers waiting for its bytes.
+#[derive(Default)]
+struct Flight {
+    state: Mutex<FlightState>,
+}
+
+#[derive(Default)]
+struct FlightState {
+    /// `None` while the read runs; then `Some(Some(bytes))`, or `Some(None)` when the leader
+    /// failed or went away (its waiters then read the store themselves).
+    outcome: Option<Option<Bytes>>,
+    waiters: Vec<Waker>,
+}
+
+impl Flight {
+    /// Settles the flight once (later calls do nothing) and wakes its waiters.
+    fn settle(&self, outcome: Option<Bytes>) {
+        let waiters = {
+            let mut state = lock(&self.state);
+            if state.outcome.is_some() {
+                return;
+            }
+            state.outcome = Some(outcome);
+            std::mem::take(&mut state.waiters)
+        };
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+}
+
+/// A reader waiting for another reader's store read.
+struct Follow(Arc<Flight>);
+
+impl Future for Follow {
+    type Output = Option<Bytes>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let mut state = lock(&self.0.state);
+        match &state.outcome {
+            Some(outcome) => Poll::Ready(outcome.clone()),
+            None => {
+                if !state.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    state.waiters.push(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// The reader that reads the store for a flight. Dropping it (done, failed, or cancelled because
+/// the client went away) removes the flight and releases its waiters: with the bytes if
+/// [`Lead::publish`] was called, else empty-handed.
+struct Lead<'a> {
+    flights: &'a Flights,
+    key: FlightKey,
+    flight: Arc<Flight>,
+}
+
+impl Lead<'_> {
+    fn publish(&self, bytes: &Bytes) {
+        self.flight.settle(Some(bytes.clone()));
+    }
+}
+
+impl Drop for Lead<'_> {
+    fn drop(&mut self) {
+        {
+            let mut running = lock(&self.flights.running);
+            if running
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                running.remove(&self.key);
+            }
+        }
+        self.flight.settle(None);
+    }
+}
+
+enum Role<'a> {
+    Lead(Lead<'a>),
+    Follow(Follow),
+}
+
+impl Flights {
+    /// Joins the read of `key` running now, or starts one.
+    fn join(&self, key: FlightKey) -> Role<'_> {
+        let mut running = lock(&self.running);
+        if let Some(flight) = running.get(&key) {
+            return Role::Follow(Follow(Arc::clone(flight)));
+        }
+        let flight = Arc::new(Flight::default());
+        running.insert(key.clone(), Arc::clone(&flight));
+        Role::Lead(Lead {
+            flights: self,
+            key,
+            flight,
+        })
+    }
 }
 
 impl std::fmt::Debug for TaskService {
@@ -136,6 +260,7 @@ impl TaskService {
             debt: AtomicU64::new(0),
             stats: CacheStats::default(),
             in_flight: Mutex::new(HashSet::new()),
+            flights: Flights::default(),
         }
     }
 
@@ -229,6 +354,10 @@ impl TaskService {
     }
 
     /// One page of the list, rendered by `render` (the caller's representation, cached as is).
+    ///
+    /// On a miss, readers of the same entry under the same generation share one store read
+    /// (single-flight); if that read fails or its reader goes away, each of them reads the store
+    /// itself.
     pub async fn list_rendered<R>(
         &self,
         query: &ListQuery,
@@ -238,7 +367,8 @@ impl TaskService {
         R: FnOnce(&Page) -> Bytes + Send,
     {
         let key = query.cache_key();
-        let mut store_under: Option<(Generation, Duration)> = None;
+        let mut missed_under: Option<Generation> = None;
+        let mut budget_left = Duration::ZERO;
         if let Some(cache) = &self.cache {
             let started = Instant::now();
             let deadline = started + self.cache_budget;
@@ -250,20 +380,35 @@ impl TaskService {
                     }
                     Ok(CacheLookup::Miss(generation)) => {
                         self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                        let left = self.cache_budget.saturating_sub(started.elapsed());
-                        store_under = generation.map(|g| (g, left));
+                        budget_left = self.cache_budget.saturating_sub(started.elapsed());
+                        missed_under = generation;
                     }
                     Err(e) => self.cache_failed("lookup", &e),
                 }
             }
         }
 
+        let mut lead = None;
+        if let Some(generation) = missed_under {
+            match self.flights.join((key.clone(), generation)) {
+                Role::Lead(l) => lead = Some(l),
+                Role::Follow(follow) => {
+                    if let Some(bytes) = follow.await {
+                        return Ok(bytes);
+                    }
+                }
+            }
+        }
+
         let page = self.repo.list(query).await?;
         let bytes = render(&page);
+        if let Some(lead) = lead {
+            lead.publish(&bytes);
+        }
 
-        if let (Some(cache), Some((generation, left))) = (&self.cache, store_under) {
-            if !left.is_zero() {
-                let deadline = Instant::now() + left;
+        if let (Some(cache), Some(generation)) = (&self.cache, missed_under) {
+            if !budget_left.is_zero() {
+                let deadline = Instant::now() + budget_left;
                 if let Err(e) = cache.store(&key, generation, bytes.clone(), deadline).await {
                     self.cache_failed("store", &e);
                 }
@@ -723,7 +868,7 @@ mod tests {
         assert!(svc.create(new_task(), Some(key("k"))).await.is_ok());
     }
 
-    /// A store whose creates wait until the test hands out a permit.
+    /// A store whose creates and lists wait until the test hands out a permit.
     struct GatedRepo {
         gate: Semaphore,
         entered: AtomicUsize,
@@ -765,8 +910,14 @@ mod tests {
         async fn get(&self, _id: TaskId) -> Result<Task, RepoError> {
             Err(not_used())
         }
-        async fn list(&self, _query: &ListQuery) -> Result<Page, RepoError> {
-            Err(not_used())
+        /// Waits for a permit, like `create`, then answers one task.
+        async fn list(&self, query: &ListQuery) -> Result<Page, RepoError> {
+            self.entered.fetch_add(1, Ordering::SeqCst);
+            let permit = self.gate.acquire().await;
+            permit
+                .map_err(|e| RepoError::Unexpected(Box::new(e)))?
+                .forget();
+            Ok(Page::from_rows(vec![task(1)], query.limit))
         }
         async fn update(
             &self,
@@ -847,5 +998,126 @@ mod tests {
 
         repo.gate.add_permits(1);
         assert!(svc.create(new_task(), Some(key("k"))).await.is_ok());
+    }
+
+    /// A service on the gated store and a cache whose lookups all miss under the generations
+    /// `generations` hands out; counts the lookups.
+    fn gated_cached_service(
+        repo: &Arc<GatedRepo>,
+        generations: impl Fn(usize) -> u64 + Send + 'static,
+        stores: usize,
+    ) -> (Arc<TaskService>, Arc<AtomicUsize>) {
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&lookups);
+        let mut cache = MockTaskCache::new();
+        cache.expect_lookup().returning(move |_, _| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            Ok(CacheLookup::Miss(Some(Generation(generations(n)))))
+        });
+        cache
+            .expect_store()
+            .times(stores)
+            .returning(|_, _, _, _| Ok(()));
+        let svc = TaskService::new(
+            Arc::clone(repo) as Arc<dyn TaskRepository>,
+            Some(Arc::new(cache)),
+            Duration::from_secs(5),
+        );
+        (Arc::new(svc), lookups)
+    }
+
+    fn spawn_list(svc: &Arc<TaskService>) -> tokio::task::JoinHandle<Result<Bytes, ServiceError>> {
+        let svc = Arc::clone(svc);
+        tokio::spawn(async move { svc.list_rendered(&ListQuery::default(), render).await })
+    }
+
+    /// In this single-threaded runtime a reader runs from its lookup to the point where it waits
+    /// (for the store, or for another reader's read) without yielding, so once `n` lookups are
+    /// counted, `n` readers have each either started a store read or joined one.
+    async fn until_looked_up(lookups: &AtomicUsize, n: usize) {
+        while lookups.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_of_one_entry_under_one_generation_read_the_store_once() {
+        const READERS: usize = 200;
+        let repo = Arc::new(GatedRepo::new());
+        let (svc, lookups) = gated_cached_service(&repo, |_| 7, 1);
+
+        let readers: Vec<_> = (0..READERS).map(|_| spawn_list(&svc)).collect();
+        until_looked_up(&lookups, READERS).await;
+        repo.until_entered(1).await;
+        // Enough permits for every reader: a second store read would not block, it would show.
+        repo.gate.add_permits(READERS);
+
+        for reader in readers {
+            assert_eq!(
+                reader.await.ok().and_then(Result::ok),
+                Some(Bytes::from_static(b"1 tasks"))
+            );
+        }
+        assert_eq!(
+            repo.entered.load(Ordering::SeqCst),
+            1,
+            "200 readers of a just-invalidated list cause one store read"
+        );
+        assert_eq!(svc.cache_stats().misses.load(Ordering::Relaxed), 200);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_saw_a_newer_generation_does_not_wait_for_an_older_read() {
+        let repo = Arc::new(GatedRepo::new());
+        // The first reader looks up before a write's bump, the second after it.
+        let (svc, lookups) = gated_cached_service(&repo, |n| 7 + n as u64, 2);
+
+        let before_write = spawn_list(&svc);
+        repo.until_entered(1).await;
+        let after_write = spawn_list(&svc);
+        until_looked_up(&lookups, 2).await;
+
+        // The second reader reads the store itself: a read that began before the write may
+        // not have seen it.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), repo.until_entered(2))
+                .await
+                .is_ok(),
+            "the reader that saw the newer generation waited for the older read"
+        );
+        repo.gate.add_permits(2);
+        assert!(matches!(before_write.await, Ok(Ok(_))));
+        assert!(matches!(after_write.await, Ok(Ok(_))));
+    }
+
+    #[tokio::test]
+    async fn when_the_leading_reader_goes_away_its_followers_read_the_store_themselves() {
+        let repo = Arc::new(GatedRepo::new());
+        let (svc, lookups) = gated_cached_service(&repo, |_| 7, 1);
+
+        let leader = spawn_list(&svc);
+        repo.until_entered(1).await;
+        let follower = spawn_list(&svc);
+        until_looked_up(&lookups, 2).await;
+        assert_eq!(
+            repo.entered.load(Ordering::SeqCst),
+            1,
+            "the second reader waits"
+        );
+
+        // The leader's client went away: actix drops the handler's future.
+        leader.abort();
+        assert!(leader.await.is_err_and(|e| e.is_cancelled()));
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), repo.until_entered(2))
+                .await
+                .is_ok(),
+            "the follower did not go to the store itself"
+        );
+        repo.gate.add_permits(1);
+        assert_eq!(
+            follower.await.ok().and_then(Result::ok),
+            Some(Bytes::from_static(b"1 tasks"))
+        );
     }
 }

@@ -394,7 +394,16 @@ impl TaskRepository for PgTaskRepository {
 
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.query_timeout, async {
-            let stmt = client.prepare_cached(sql).await?;
+            // A search is prepared afresh each time, so PostgreSQL plans it with the pattern in
+            // view (the trigram indexes). Once a cached statement has run five times, PostgreSQL
+            // may switch it to a generic plan that cannot see the pattern and walks the list
+            // index filtering every row: 335 ms instead of 0.3 ms for a rare word over 100,000
+            // tasks (docs/PERFORMANCE.md). The other list shapes keep their cached statements.
+            let stmt = if pattern.is_some() {
+                client.prepare(sql).await?
+            } else {
+                client.prepare_cached(sql).await?
+            };
             client.query(&stmt, &params).await
         })
         .await;

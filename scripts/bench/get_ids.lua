@@ -1,0 +1,23 @@
+-- GET /api/tasks/{id} for random ids in [lo, hi] (4,096 requests formatted up front, then
+-- cycled, so that wrk spends its time sending, not formatting). `etag=` adds If-None-Match
+-- with that value (every task in the range must have it: fresh tasks are all "v1").
+-- Args: lo=N hi=N [etag=...]
+dofile(os.getenv("BENCH_LUA") .. "/report.lua")
+
+local reqs, n, i = {}, 4096, 0
+
+function init(args)
+  bench_seed()
+  local a = bench_args(args)
+  local lo, hi = tonumber(a.lo), tonumber(a.hi)
+  local headers = {}
+  if a.etag then headers["If-None-Match"] = a.etag end
+  for k = 1, n do
+    reqs[k] = wrk.format("GET", "/api/tasks/" .. math.random(lo, hi), headers)
+  end
+end
+
+function request()
+  i = i % n + 1
+  return reqs[i]
+end
