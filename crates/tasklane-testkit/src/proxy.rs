@@ -436,6 +436,14 @@ mod tests {
         Ok(out)
     }
 
+    /// Connects and reads until the peer closes. A reset the proxy sends straight after
+    /// accepting can reach the client before `connect` has returned, so it may surface from
+    /// either call; both count as the connection being reset.
+    async fn connect_and_read_to_end(addr: SocketAddr) -> io::Result<Vec<u8>> {
+        let mut stream = TcpStream::connect(addr).await?;
+        read_to_end(&mut stream).await
+    }
+
     #[tokio::test]
     async fn pass_forwards_both_ways_and_counts_connections() {
         let proxy = FaultProxy::start(echo_server().await).unwrap();
@@ -555,11 +563,7 @@ mod tests {
         proxy.set_mode(Mode::Reset);
         let err = read_to_end(&mut open).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
-        // The reset can reach a new connection before `connect` returns, or after.
-        let err = match TcpStream::connect(proxy.addr()).await {
-            Err(err) => err,
-            Ok(mut new) => read_to_end(&mut new).await.unwrap_err(),
-        };
+        let err = connect_and_read_to_end(proxy.addr()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
         wait_for("no open connections", || proxy.connections_open() == 0).await;
     }
@@ -572,8 +576,7 @@ mod tests {
             .local_addr()
             .unwrap();
         let proxy = FaultProxy::start(port).unwrap();
-        let mut s = TcpStream::connect(proxy.addr()).await.unwrap();
-        let err = read_to_end(&mut s).await.unwrap_err();
+        let err = connect_and_read_to_end(proxy.addr()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
     }
 
