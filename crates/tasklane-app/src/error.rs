@@ -127,16 +127,6 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        match self {
-            // The cause goes to the log (with the request id, from the span); the body is opaque.
-            ApiError::Unavailable(cause) => {
-                tracing::warn!(error = %cause, cause = ?cause, "answering 503");
-            }
-            ApiError::Internal(cause) => {
-                tracing::error!(error = %cause, cause = ?cause, "answering 500");
-            }
-            _ => {}
-        }
         let mut res = HttpResponse::build(status);
         match self {
             ApiError::MethodNotAllowed { allow } => {
@@ -151,7 +141,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        res.json(ErrorBody {
+        let mut res = res.json(ErrorBody {
             error: self.to_string(),
             code: self.code(),
             field: match self {
@@ -159,6 +149,24 @@ impl ResponseError for ApiError {
                 ApiError::IdempotencyKeyReused => Some(IDEMPOTENCY_KEY.to_owned()),
                 _ => None,
             },
-        })
+        });
+        // The body is opaque; the cause goes to the log line the request middleware writes
+        // for every 5xx, beside the request id.
+        if let ApiError::Unavailable(cause) | ApiError::Internal(cause) = self {
+            res.extensions_mut().insert(FailureCause {
+                error: cause.to_string(),
+                detail: format!("{cause:?}"),
+            });
+        }
+        res
     }
+}
+
+/// Why a request got a 5xx, kept on the response for the log (see `telemetry`).
+#[derive(Debug, Clone)]
+pub struct FailureCause {
+    /// The error's message.
+    pub error: String,
+    /// Its debug form, with the chain of sources.
+    pub detail: String,
 }

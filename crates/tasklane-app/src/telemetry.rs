@@ -1,13 +1,20 @@
 //! Logging: one `tracing` subscriber set up at start (pretty or JSON), and a middleware that
-//! gives every request an id, puts it on every log line of that request, and echoes it in
-//! `X-Request-Id`.
+//! gives every request an id, echoes it in `X-Request-Id`, and writes it on the line logged for
+//! every 5xx (with the cause) and, at `debug`, on every line of the request.
+//!
+//! The per-request span is a `debug` span on purpose: the fmt layer renders a span's fields
+//! into a string when the span is created, whether or not a line is ever printed inside it,
+//! and at `info` that cost 12% of the instructions of a cached-list request. The lines that
+//! matter at `info` and above (a failed request) carry the id themselves.
 
+use crate::error::FailureCause;
 use crate::settings::LogFormat;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
+use std::io::IsTerminal;
 use std::time::Instant;
 use tracing::Instrument;
 use tracing_subscriber::EnvFilter;
@@ -30,7 +37,11 @@ pub fn init(format: LogFormat, filter: &str) {
             .with_current_span(true)
             .with_span_list(false)
             .try_init(),
-        LogFormat::Pretty => builder.with_target(false).try_init(),
+        // Colours only for a person at a terminal, not in files or container logs.
+        LogFormat::Pretty => builder
+            .with_target(false)
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
     };
 }
 
@@ -59,7 +70,7 @@ pub async fn request_id_middleware(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let id = request_id_from(&req);
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         "request",
         request_id = %id,
         method = %req.method(),
@@ -70,14 +81,24 @@ pub async fn request_id_middleware(
     async move {
         let mut res = next.call(req).await?;
         let status = res.status();
-        if let Ok(value) = HeaderValue::from_str(&id) {
-            res.headers_mut().insert(REQUEST_ID, value);
-        }
         let micros = started.elapsed().as_micros() as u64;
         if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), micros, "request failed");
+            let cause = res.response().extensions().get::<FailureCause>().cloned();
+            let (error, detail) = cause.map_or_else(
+                || (String::new(), String::new()),
+                |c| (c.error, c.detail),
+            );
+            let (method, path) = (res.request().method(), res.request().path());
+            if status == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
+                tracing::warn!(request_id = %id, %method, path, status = status.as_u16(), micros, error = %error, cause = %detail, "request failed");
+            } else {
+                tracing::error!(request_id = %id, %method, path, status = status.as_u16(), micros, error = %error, cause = %detail, "request failed");
+            }
         } else {
             tracing::debug!(status = status.as_u16(), micros, "request served");
+        }
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            res.headers_mut().insert(REQUEST_ID, value);
         }
         Ok(res)
     }

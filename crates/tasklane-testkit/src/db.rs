@@ -38,6 +38,24 @@ pub fn admin_url() -> String {
     std::env::var(TEST_PG_VAR).unwrap_or_else(|_| DEFAULT_TEST_PG.to_owned())
 }
 
+/// The TCP address of the test server (from [`admin_url`]), for a fault proxy to point at.
+pub fn admin_addr() -> std::net::SocketAddr {
+    use std::net::ToSocketAddrs;
+    let config: tokio_postgres::Config = admin_url()
+        .parse()
+        .unwrap_or_else(|e| panic!("{TEST_PG_VAR}: {e}"));
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .unwrap_or_else(|| panic!("{TEST_PG_VAR}: cannot resolve {host}:{port}"))
+}
+
 /// Settings for tests: a small pool and timeouts generous enough for a loaded two-core machine
 /// running many tests at once, yet short enough that a hang fails the test in seconds.
 pub fn pg_settings(url: impl Into<String>) -> PgSettings {

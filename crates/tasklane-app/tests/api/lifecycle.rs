@@ -314,3 +314,76 @@ async fn sigterm_drains_finishes_in_flight_requests_and_exits_in_time() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(hc.status.code(), Some(1));
 }
+
+#[tokio::test]
+async fn a_5xx_is_logged_once_with_its_request_id_and_cause_and_the_body_stays_opaque() {
+    use tasklane_testkit::proxy::{FaultProxy, Mode};
+    let db = TestDb::new().await;
+    let proxy =
+        FaultProxy::start(tasklane_testkit::db::admin_addr()).unwrap_or_else(|e| panic!("{e}"));
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}",
+        proxy.port(),
+        db.name()
+    );
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = tasklane(
+        &[],
+        &[
+            ("DATABASE_URL", url.as_str()),
+            ("TASKLANE_LISTEN", listen.as_str()),
+            ("TASKLANE_LOG", "warn"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap_or_else(|e| panic!("{e}"));
+    tokio::task::spawn_blocking(move || wait_until_ready(port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    // The database goes away: the list is a 503, whose body names no internals.
+    proxy.set_mode(Mode::Refuse { cut_existing: true });
+    let res = tokio::task::spawn_blocking(move || {
+        http(
+            port,
+            "GET /api/tasks HTTP/1.1\r\nHost: t\r\nX-Request-Id: trace-me-42\r\nConnection: close\r\n\r\n",
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(res.starts_with("HTTP/1.1 503"), "{res}");
+    assert!(res.contains("x-request-id: trace-me-42"), "{res}");
+    let body = res.split("\r\n\r\n").nth(1).unwrap_or_default();
+    assert!(!body.to_lowercase().contains("postgres"), "{body}");
+
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let mut log = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        let _ = out.read_to_string(&mut log);
+    }
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("request failed"))
+        .collect();
+    assert_eq!(lines.len(), 1, "one line per failed request:\n{log}");
+    let line = lines[0];
+    for part in [
+        "WARN",
+        "request_id=trace-me-42",
+        "method=GET",
+        "path=\"/api/tasks\"",
+        "status=503",
+        "error=",
+    ] {
+        assert!(line.contains(part), "{part:?} missing from {line}");
+    }
+    assert!(
+        !line.contains("\u{1b}["),
+        "no colour codes in a log file: {line}"
+    );
+}
