@@ -73,6 +73,9 @@ pub struct Settings {
     pub cache_pool_size: usize,
     pub cache_breaker_threshold: u32,
     pub cache_breaker_cooldown_ms: u64,
+    /// Bytes of Redis entries each process keeps as local copies (0: none). A copy is served
+    /// only after Redis confirms its generation is still current.
+    pub cache_local_bytes: usize,
     pub log_format: LogFormat,
     /// A `tracing` filter; `RUST_LOG` wins when set.
     pub log: String,
@@ -119,6 +122,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("cache_pool_size", "4"),
     ("cache_breaker_threshold", "3"),
     ("cache_breaker_cooldown_ms", "1000"),
+    ("cache_local_bytes", "8388608"),
     ("log_format", "pretty"),
     ("log", "info"),
     ("cors_origins", ""),

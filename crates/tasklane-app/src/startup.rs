@@ -215,6 +215,7 @@ fn redis_cache(settings: &Settings) -> Result<Option<Arc<RedisTaskCache>>, Start
         pool_size: settings.cache_pool_size,
         breaker_threshold: settings.cache_breaker_threshold,
         breaker_cooldown: Duration::from_millis(settings.cache_breaker_cooldown_ms),
+        local_copy_bytes: settings.cache_local_bytes,
     })
     .map_err(|e| {
         StartupError::Settings(SettingsError::Invalid {

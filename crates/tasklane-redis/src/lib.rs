@@ -8,12 +8,15 @@
 //!
 //! A lookup is one round trip (`MGET gen entry`) and hits only when the entry's generation is
 //! the current one, so a value computed before a write can never be served after that write's
-//! bump. Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
+//! bump. An entry this process has already read or written is kept as a local copy (see
+//! [`local`]), and then the round trip is a `GET gen` alone: the same check, without the
+//! page. Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
 //! failing and probes it again after a cool-down.
 
 mod breaker;
 mod connection;
 mod entry;
+mod local;
 
 pub use breaker::BreakerState;
 pub use entry::SCHEMA;
@@ -25,6 +28,7 @@ use connection::SharedConnection;
 use deadpool_redis::redis::{self, ErrorKind, FromRedisValue, RedisError, RetryMethod, Value};
 use deadpool_redis::{BuildError, Manager, Pool, PoolError};
 use entry::Keys;
+use local::LocalCopies;
 use std::time::{Duration, Instant};
 use tasklane_domain::{CacheError, CacheLookup, Generation, TaskCache};
 
@@ -45,7 +49,12 @@ pub struct RedisSettings {
     pub breaker_threshold: u32,
     /// How long an open breaker fails calls fast before it lets one probe through.
     pub breaker_cooldown: Duration,
+    /// The bytes of local copies of entries this process keeps (0: none); see [`local`].
+    pub local_copy_bytes: usize,
 }
+
+/// The default budget for local copies: 8 MiB.
+pub const DEFAULT_LOCAL_COPY_BYTES: usize = 8 << 20;
 
 impl Default for RedisSettings {
     fn default() -> Self {
@@ -56,6 +65,7 @@ impl Default for RedisSettings {
             pool_size: 4,
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
+            local_copy_bytes: DEFAULT_LOCAL_COPY_BYTES,
         }
     }
 }
@@ -69,6 +79,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("pool_size", &self.pool_size)
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("local_copy_bytes", &self.local_copy_bytes)
             .finish()
     }
 }
@@ -141,6 +152,9 @@ fn connection_broken(e: &RedisError) -> bool {
         || e.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
+/// The reply to `MGET gen entry`.
+type MgetReply = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 /// A command or a pipeline, to run on a connection.
 #[derive(Clone, Copy)]
 enum Request<'a> {
@@ -165,7 +179,9 @@ pub struct RedisTaskCache {
     conn: SharedConnection,
     breaker: Breaker,
     keys: Keys,
+    ttl: Duration,
     ttl_millis: u64,
+    local: LocalCopies,
 }
 
 impl std::fmt::Debug for RedisTaskCache {
@@ -207,7 +223,9 @@ impl RedisTaskCache {
             conn: SharedConnection::new(pool),
             breaker: Breaker::new(s.breaker_threshold, s.breaker_cooldown),
             keys: Keys::new(&s.key_prefix),
+            ttl: s.ttl,
             ttl_millis: u64::try_from(s.ttl.as_millis()).unwrap_or(u64::MAX),
+            local: LocalCopies::new(s.local_copy_bytes),
         })
     }
 
@@ -293,6 +311,9 @@ impl RedisTaskCache {
             .arg(entry::random_generation());
         if only_if_missing {
             cmd.arg("NX");
+        } else {
+            // Every copy's generation is now stale.
+            self.local.clear();
         }
         self.call::<Value>(Request::Cmd(&cmd), deadline).await?;
         Ok(())
@@ -304,10 +325,33 @@ impl RedisTaskCache {
         key: &str,
         deadline: Instant,
     ) -> Result<CacheLookup, RedisCacheError> {
-        let mut cmd = redis::cmd("MGET");
-        cmd.arg(self.keys.generation()).arg(self.keys.entry(key));
-        let (generation, raw_entry): (Option<Vec<u8>>, Option<Vec<u8>>) =
-            self.call(Request::Cmd(&cmd), deadline).await?;
+        let sent = Instant::now();
+        if let Some((copied_under, payload)) = self.local.get(key, sent) {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(self.keys.generation());
+            let generation: Option<Vec<u8>> = self.call(Request::Cmd(&cmd), deadline).await?;
+            if generation.as_deref().and_then(entry::parse_generation) == Some(copied_under) {
+                return Ok(CacheLookup::Hit(payload));
+            }
+            // Stale: a write moved the generation on. Redis may hold a newer entry (another
+            // replica's); ask for it the usual way.
+            self.local.remove(key);
+        }
+        let entry_key = self.keys.entry(key);
+        let ((generation, raw_entry), ttl_millis): (MgetReply, i64) = if self.local.enabled() {
+            // With the entry's remaining TTL, so that a copy outlives it by no time.
+            let mut pipe = redis::pipe();
+            pipe.cmd("MGET")
+                .arg(self.keys.generation())
+                .arg(&entry_key)
+                .cmd("PTTL")
+                .arg(&entry_key);
+            self.call(Request::Pipe(&pipe), deadline).await?
+        } else {
+            let mut cmd = redis::cmd("MGET");
+            cmd.arg(self.keys.generation()).arg(&entry_key);
+            (self.call(Request::Cmd(&cmd), deadline).await?, -2)
+        };
         let Some(generation) = generation else {
             // A fresh or flushed Redis. Starting from a random generation, not 1, means entries
             // that outlived the old generation key cannot look current.
@@ -320,7 +364,13 @@ impl RedisTaskCache {
             return Ok(CacheLookup::Miss(None));
         };
         Ok(match raw_entry.and_then(entry::decode) {
-            Some((stored_under, payload)) if stored_under == current => CacheLookup::Hit(payload),
+            Some((stored_under, payload)) if stored_under == current => {
+                if let Ok(ttl @ 1..) = u64::try_from(ttl_millis) {
+                    let expires = sent + Duration::from_millis(ttl);
+                    self.local.put(key, current, payload.clone(), expires);
+                }
+                CacheLookup::Hit(payload)
+            }
             // Absent, too short, or from another generation: all the same to the caller.
             _ => CacheLookup::Miss(Some(current)),
         })
@@ -336,16 +386,20 @@ impl RedisTaskCache {
         &self,
         key: &str,
         generation: Generation,
-        value: &[u8],
+        value: &Bytes,
         deadline: Instant,
     ) -> Result<(), RedisCacheError> {
         // No check of the generation here: an entry stored under an old one is never served.
+        let sent = Instant::now();
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.keys.entry(key))
             .arg(entry::encode(generation, value))
             .arg("PX")
             .arg(self.ttl_millis);
         self.call::<Value>(Request::Cmd(&cmd), deadline).await?;
+        // Redis started the entry's TTL after `sent`: the copy expires no later.
+        self.local
+            .put(key, generation, value.clone(), sent + self.ttl);
         Ok(())
     }
 
@@ -363,7 +417,11 @@ impl RedisTaskCache {
             .cmd("INCR")
             .arg(self.keys.generation());
         match self.call::<(i64,)>(Request::Pipe(&pipe), deadline).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                // Every copy's generation is now stale.
+                self.local.clear();
+                Ok(())
+            }
             Err(e) if !e.is_unavailable() => {
                 // The key holds something `INCR` refuses (not a number, or at the end of the
                 // range). Replacing it with a random generation invalidates just as well, and

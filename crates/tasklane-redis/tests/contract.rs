@@ -415,3 +415,152 @@ fn settings_out_of_range_are_refused() {
         );
     }
 }
+
+// Local copies: what one process has read or written, served after a `GET` of the generation.
+
+/// A second cache on the same prefix: another replica of the app.
+fn replica(prefix: &str) -> Result<RedisTaskCache, SetupError> {
+    cache(shared_redis_url(), prefix.to_owned())
+}
+
+#[tokio::test]
+async fn a_local_copy_is_served_while_the_shared_generation_stands_and_only_then() -> TestResult {
+    let (a, prefix, generation) = ready_cache().await?;
+    let b = replica(&prefix)?;
+    a.store("k", generation, Bytes::from_static(b"from a"), deadline())
+        .await?;
+    // Proof that the hit is A's local copy, not the entry: the entry now says something else
+    // (two replicas may each store a page read under the same generation; both are valid).
+    let mut conn = raw(&shared_redis_url()).await?;
+    let other = [&generation.0.to_be_bytes()[..], b"in redis"].concat();
+    let () = conn.set(entry_key(&prefix, SCHEMA, "k"), &other).await?;
+    assert_eq!(
+        a.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"from a"))
+    );
+    assert_eq!(
+        b.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"in redis"))
+    );
+
+    // Replica B writes and bumps: A's copy is never served again.
+    b.bump_generation(deadline()).await?;
+    let CacheLookup::Miss(Some(next)) = a.lookup("k", deadline()).await? else {
+        return Err("a local copy was served after another replica's bump".into());
+    };
+    assert_ne!(next, generation);
+
+    // B stores the page read after its write: A reads it from Redis, then keeps a copy of it.
+    b.store(
+        "k",
+        next,
+        Bytes::from_static(b"after the write"),
+        deadline(),
+    )
+    .await?;
+    assert_eq!(
+        a.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"after the write"))
+    );
+    let () = conn.del(entry_key(&prefix, SCHEMA, "k")).await?;
+    assert_eq!(
+        a.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"after the write")),
+        "the copy A took on its hit"
+    );
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_hit_on_a_local_copy_fetches_the_generation_alone() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    let page = Bytes::from(vec![b'x'; 20_000]);
+    cache
+        .store("big", generation, page.clone(), deadline())
+        .await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let info = |text: String| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = info(
+        redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await?,
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            cache.lookup("big", deadline()).await?,
+            CacheLookup::Hit(page.clone())
+        );
+    }
+    let after = info(
+        redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut conn)
+            .await?,
+    );
+    // 50 page-sized replies would be 1,000,000 bytes. Allow for other tests on the shared
+    // server and for the INFO reply itself, but not for the pages.
+    let sent = after.saturating_sub(before);
+    println!("Redis sent {sent} bytes for 50 hits on a 20,000-byte page");
+    assert!(sent < 500_000, "{sent} bytes: the pages came from Redis");
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn a_local_copy_expires_no_later_than_its_entry() -> TestResult {
+    let prefix = unique_prefix();
+    let mut s = settings(shared_redis_url(), prefix.clone());
+    s.ttl = Duration::from_millis(400);
+    let writer = RedisTaskCache::new(s.clone())?;
+    let reader = RedisTaskCache::new(s)?;
+    let _ = writer.lookup("k", deadline()).await?;
+    let CacheLookup::Miss(Some(generation)) = writer.lookup("k", deadline()).await? else {
+        return Err("no generation".into());
+    };
+    writer
+        .store("k", generation, Bytes::from_static(b"v"), deadline())
+        .await?;
+    // The reader's copy comes from a hit, with the entry's remaining TTL.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        reader.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"v"))
+    );
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for (who, cache) in [("writer", &writer), ("reader", &reader)] {
+        assert_eq!(
+            cache.lookup("k", deadline()).await?,
+            CacheLookup::Miss(Some(generation)),
+            "the {who}'s copy outlived the entry"
+        );
+    }
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
+    let prefix = unique_prefix();
+    let mut s = settings(shared_redis_url(), prefix.clone());
+    s.local_copy_bytes = 0;
+    let cache = RedisTaskCache::new(s)?;
+    let _ = cache.lookup("k", deadline()).await?;
+    let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
+        return Err("no generation".into());
+    };
+    cache
+        .store("k", generation, Bytes::from_static(b"stored"), deadline())
+        .await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let other = [&generation.0.to_be_bytes()[..], b"in redis"].concat();
+    let () = conn.set(entry_key(&prefix, SCHEMA, "k"), &other).await?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"in redis"))
+    );
+    cleanup(&prefix).await
+}

@@ -109,22 +109,28 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     let redis = private_redis().await;
     let pg_proxy = FaultProxy::start(pg.addr()).unwrap();
     let redis_proxy = FaultProxy::start(([127, 0, 0, 1], redis.port()).into()).unwrap();
-    let app = Arc::new(
-        App::spawn(&[
-            (
-                "DATABASE_URL",
-                format!("postgres://postgres@127.0.0.1:{}/tasklane", pg_proxy.port()),
-            ),
-            (
-                "REDIS_URL",
-                format!("redis://127.0.0.1:{}", redis_proxy.port()),
-            ),
-            ("TASKLANE_CACHE_KEY_PREFIX", PREFIX.to_owned()),
-            ("TASKLANE_DB_POOL_SIZE", "16".to_owned()),
-        ])
-        .await,
-    );
+    let env = [
+        (
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{}/tasklane", pg_proxy.port()),
+        ),
+        (
+            "REDIS_URL",
+            format!("redis://127.0.0.1:{}", redis_proxy.port()),
+        ),
+        ("TASKLANE_CACHE_KEY_PREFIX", PREFIX.to_owned()),
+        ("TASKLANE_DB_POOL_SIZE", "16".to_owned()),
+    ];
+    // Two replicas on the same database and Redis: `app` keeps local copies of entries (the
+    // default), `peer` keeps none, so every read it serves from the cache reads Redis's entry.
+    // Writers and readers are spread over both, so a write acknowledged by one replica must
+    // invalidate the other's copies.
+    let app = Arc::new(App::spawn(&env).await);
     let _log = app.log_on_panic();
+    let mut peer_env = env.to_vec();
+    peer_env.push(("TASKLANE_CACHE_LOCAL_BYTES", "0".to_owned()));
+    let peer = Arc::new(App::spawn(&peer_env).await);
+    let _peer_log = peer.log_on_panic();
     let client = client();
     let ids: Arc<Vec<i64>> = Arc::new(seed_tasks(&client, &app, WRITERS).await);
     // The seeds are titled seed-{i}: rename them w{i}-0 so that every task has a counter.
@@ -143,13 +149,14 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     redis_proxy.set_mode(Mode::Latency(REDIS_DELAY));
 
     let load = crate::harness::load_duration();
-    let counters_before = cache_counters(&client, &app).await;
+    let counters_before = both_counters(&client, &app, &peer).await;
     let rec = Arc::new(Recorder::new());
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
     let stale = Arc::new(Mutex::new(Vec::<String>::new()));
     let stale_count = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for i in 0..WRITERS {
+        let app = if i % 2 == 0 { &app } else { &peer };
         let (app, rec, acked, ids) = (app.clone(), rec.clone(), acked.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
             let client = crate::harness::client();
@@ -174,7 +181,10 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
             }
         }));
     }
-    for _ in 0..READERS {
+    for r in 0..READERS {
+        // Most readers on the replica with copies: they are what a missed invalidation would
+        // make stale.
+        let app = if r % 4 == 3 { &peer } else { &app };
         let (app, rec, acked, stale, stale_count) = (
             app.clone(),
             rec.clone(),
@@ -209,7 +219,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     for t in tasks {
         t.await.unwrap();
     }
-    let counters_after = cache_counters(&client, &app).await;
+    let counters_after = both_counters(&client, &app, &peer).await;
     pg_proxy.set_mode(Mode::Pass);
     redis_proxy.set_mode(Mode::Pass);
 
@@ -236,10 +246,11 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     }
     // More entries, for the garbage round.
     for path in ["/api/tasks?limit=5", "/api/tasks?status=todo"] {
-        let _ = exchange(client.get(app.url(path))).await.unwrap();
+        let _ = exchange(client.get(peer.url(path))).await.unwrap();
     }
 
-    // Garbage: every entry overwritten, in four ways; each read must still be right.
+    // Garbage: every entry overwritten, in four ways; each read must still be right. Read
+    // through `peer`, which keeps no local copies, so each read meets the garbage.
     let redis_client = redis::Client::open(redis.url()).unwrap();
     let mut conn = redis_client
         .get_multiplexed_async_connection()
@@ -292,11 +303,11 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
                 .await
                 .unwrap();
         }
-        let before = cache_counters(&client, &app).await;
+        let before = cache_counters(&client, &peer).await;
         let mut statuses = Vec::new();
         let mut correct = true;
         for path in ["/api/tasks", "/api/tasks?limit=5", "/api/tasks?status=todo"] {
-            let reply = exchange(client.get(app.url(path))).await.unwrap();
+            let reply = exchange(client.get(peer.url(path))).await.unwrap();
             statuses.push(reply.status);
             let expected: Vec<_> = if path.contains("limit=5") {
                 truth.iter().take(5).cloned().collect()
@@ -305,7 +316,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
             };
             correct &= api_rows(&reply.json()) == expected;
         }
-        let after = cache_counters(&client, &app).await;
+        let after = cache_counters(&client, &peer).await;
         garbage_rounds.push(json!({
             "variant": variant,
             "entries_overwritten": keys.len(),
@@ -333,8 +344,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
             .await
             .unwrap();
     }
-    let before_write = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
-    let _ = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
+    let before_write = exchange(client.get(peer.url("/api/tasks"))).await.unwrap();
+    let _ = exchange(client.get(peer.url("/api/tasks"))).await.unwrap();
     let mut keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{PREFIX}:*"))
         .query_async(&mut conn)
@@ -383,7 +394,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         .await
         .unwrap();
     let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-    let forged_read = exchange(client.get(app.url("/api/tasks"))).await.unwrap();
+    let forged_read = exchange(client.get(peer.url("/api/tasks"))).await.unwrap();
     let control = behind(&floor, &forged_read.json());
     redis::cmd("DEL")
         .arg(&key)
@@ -457,4 +468,13 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         assert_eq!(round["statuses"], json!([200, 200, 200]), "{round}");
         assert_eq!(round["correct"], json!(true), "{round}");
     }
+}
+
+/// Cache hits, misses and errors of both replicas together.
+async fn both_counters(client: &reqwest::Client, app: &App, peer: &App) -> (f64, f64, f64) {
+    let (a, b) = (
+        cache_counters(client, app).await,
+        cache_counters(client, peer).await,
+    );
+    (a.0 + b.0, a.1 + b.1, a.2 + b.2)
 }

@@ -31,6 +31,7 @@ pub fn settings(url: String, key_prefix: String) -> RedisSettings {
         pool_size: 4,
         breaker_threshold: 3,
         breaker_cooldown: Duration::from_millis(300),
+        local_copy_bytes: tasklane_redis::DEFAULT_LOCAL_COPY_BYTES,
     }
 }
 

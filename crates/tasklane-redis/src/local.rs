@@ -1,0 +1,249 @@
+//! Local copies of the entries this process has read from or written to Redis.
+//!
+//! A copy is tagged with the generation its entry was computed under, exactly like the entry
+//! in Redis, and is served only after a `GET` of the shared generation key shows that tag is
+//! still current: one small reply instead of the whole page. So a copy can never be served after
+//! a write acknowledged by any replica (its bump moved the shared generation first), and the
+//! guarantee is the one the entries in Redis give. A copy also expires no later than its entry
+//! in Redis would, so a replica's owed bump (see the domain's cache debt) is bounded by the same
+//! TTL as before.
+//!
+//! Bounded in bytes; the least recently used copies go first, and a payload larger than an
+//! eighth of the budget is never copied.
+
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+use tasklane_domain::Generation;
+
+/// The bounded set of copies. All methods take a short lock and never wait on I/O.
+#[derive(Debug)]
+pub(crate) struct LocalCopies {
+    max_bytes: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    copies: HashMap<String, Copy>,
+    bytes: usize,
+    clock: u64,
+}
+
+#[derive(Debug)]
+struct Copy {
+    generation: Generation,
+    payload: Bytes,
+    expires: Instant,
+    used: u64,
+}
+
+impl Copy {
+    fn size(&self, key: &str) -> usize {
+        key.len() + self.payload.len()
+    }
+}
+
+impl LocalCopies {
+    /// At most `max_bytes` of keys and payloads; 0 keeps no copies at all.
+    pub(crate) fn new(max_bytes: usize) -> Self {
+        Self {
+            max_bytes,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    pub(crate) fn enabled(&self) -> bool {
+        self.max_bytes > 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // Nothing here can panic while holding the lock, but a poisoned map is still a valid one.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The copy for `key` and the generation it was computed under, unless it has expired.
+    pub(crate) fn get(&self, key: &str, now: Instant) -> Option<(Generation, Bytes)> {
+        if !self.enabled() {
+            return None;
+        }
+        let mut inner = self.lock();
+        inner.clock += 1;
+        let clock = inner.clock;
+        match inner.copies.get_mut(key) {
+            Some(copy) if copy.expires > now => {
+                copy.used = clock;
+                Some((copy.generation, copy.payload.clone()))
+            }
+            Some(_) => {
+                inner.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Keeps a copy of `payload`, computed under `generation`, until `expires`.
+    pub(crate) fn put(&self, key: &str, generation: Generation, payload: Bytes, expires: Instant) {
+        if !self.enabled() {
+            return;
+        }
+        let mut inner = self.lock();
+        inner.remove(key);
+        let copy = Copy {
+            generation,
+            payload,
+            expires,
+            used: 0,
+        };
+        let size = copy.size(key);
+        if size > self.max_bytes / 8 {
+            return;
+        }
+        inner.clock += 1;
+        let copy = Copy {
+            used: inner.clock,
+            ..copy
+        };
+        inner.bytes += size;
+        inner.copies.insert(key.to_owned(), copy);
+        while inner.bytes > self.max_bytes {
+            let Some(oldest) = inner
+                .copies
+                .iter()
+                .min_by_key(|(_, c)| c.used)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            inner.remove(&oldest);
+        }
+    }
+
+    /// Forgets the copy for `key`.
+    pub(crate) fn remove(&self, key: &str) {
+        if self.enabled() {
+            self.lock().remove(key);
+        }
+    }
+
+    /// Forgets every copy (after this process moved the generation on: none can be served).
+    pub(crate) fn clear(&self) {
+        if self.enabled() {
+            let mut inner = self.lock();
+            inner.copies.clear();
+            inner.bytes = 0;
+        }
+    }
+
+    /// How many copies there are and how many bytes they take.
+    #[cfg(test)]
+    fn usage(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.copies.len(), inner.bytes)
+    }
+}
+
+impl Inner {
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.copies.remove(key) {
+            self.bytes -= old.size(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn later() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    fn payload(n: usize) -> Bytes {
+        Bytes::from(vec![b'x'; n])
+    }
+
+    #[test]
+    fn a_copy_comes_back_with_its_generation() {
+        let local = LocalCopies::new(1 << 20);
+        local.put("k", Generation(7), Bytes::from_static(b"[1]"), later());
+        assert_eq!(
+            local.get("k", Instant::now()),
+            Some((Generation(7), Bytes::from_static(b"[1]")))
+        );
+        assert_eq!(local.get("other", Instant::now()), None);
+    }
+
+    #[test]
+    fn a_copy_is_not_served_after_it_expires_and_is_dropped() {
+        let local = LocalCopies::new(1 << 20);
+        let now = Instant::now();
+        local.put(
+            "k",
+            Generation(1),
+            payload(10),
+            now + Duration::from_millis(5),
+        );
+        assert!(local.get("k", now).is_some());
+        assert_eq!(local.get("k", now + Duration::from_millis(5)), None);
+        assert_eq!(local.usage(), (0, 0));
+    }
+
+    #[test]
+    fn replacing_removing_and_clearing_keep_the_byte_count_right() {
+        let local = LocalCopies::new(1 << 20);
+        local.put("a", Generation(1), payload(100), later());
+        local.put("a", Generation(2), payload(50), later());
+        local.put("bb", Generation(2), payload(10), later());
+        assert_eq!(local.usage(), (2, 1 + 50 + 2 + 10));
+        assert_eq!(
+            local.get("a", Instant::now()).map(|c| c.0),
+            Some(Generation(2))
+        );
+        local.remove("a");
+        assert_eq!(local.usage(), (1, 12));
+        local.clear();
+        assert_eq!(local.usage(), (0, 0));
+    }
+
+    #[test]
+    fn the_least_recently_used_copies_go_first_when_the_budget_is_full() {
+        // 8 slots of 100 bytes (1-byte keys + 99-byte payloads).
+        let local = LocalCopies::new(800);
+        for k in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+            local.put(k, Generation(1), payload(99), later());
+        }
+        assert_eq!(local.usage(), (8, 800));
+        // "a" is used again, so "b" is now the least recently used.
+        assert!(local.get("a", Instant::now()).is_some());
+        local.put("i", Generation(1), payload(99), later());
+        assert_eq!(local.usage(), (8, 800));
+        assert!(local.get("a", Instant::now()).is_some());
+        assert!(local.get("b", Instant::now()).is_none());
+        assert!(local.get("i", Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_payload_over_an_eighth_of_the_budget_is_not_copied() {
+        let local = LocalCopies::new(800);
+        local.put("k", Generation(1), payload(99), later());
+        assert!(local.get("k", Instant::now()).is_some());
+        // Too big: not kept, and the older copy of the same key is not served either.
+        local.put("k", Generation(2), payload(100), later());
+        assert_eq!(local.get("k", Instant::now()), None);
+        assert_eq!(local.usage(), (0, 0));
+    }
+
+    #[test]
+    fn a_zero_budget_keeps_nothing() {
+        let local = LocalCopies::new(0);
+        local.put("k", Generation(1), payload(1), later());
+        assert_eq!(local.get("k", Instant::now()), None);
+        assert!(!local.enabled());
+    }
+}
