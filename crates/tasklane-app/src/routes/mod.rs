@@ -198,27 +198,34 @@ pub fn api(cfg: &mut web::ServiceConfig) {
             .route(web::head().to(openapi_json))
             .default_service(web::to(method_not_allowed("GET, HEAD"))),
     )
+    // One scope for the task routes: its prefix is compared as a string, so the one dynamic
+    // pattern, `/{id}`, runs its regex over `/123` rather than the whole path (routing was ~16%
+    // of a get-one request's instructions). Paths under the prefix that no resource claims fall
+    // through to the app's default service, like any other unknown path.
     .service(
-        web::resource("/api/tasks")
-            .route(web::get().to(tasks::list_tasks))
-            .route(web::head().to(tasks::list_tasks))
-            .route(web::post().to(tasks::create_task))
-            .default_service(web::to(method_not_allowed("GET, HEAD, POST"))),
-    )
-    .service(
-        web::resource("/api/tasks/counts")
-            .route(web::get().to(tasks::task_counts))
-            .route(web::head().to(tasks::task_counts))
-            .default_service(web::to(method_not_allowed("GET, HEAD"))),
-    )
-    .service(
-        web::resource("/api/tasks/{id}")
-            .route(web::get().to(tasks::get_task))
-            .route(web::head().to(tasks::get_task))
-            .route(web::put().to(tasks::update_task))
-            .route(web::patch().to(tasks::patch_task))
-            .route(web::delete().to(tasks::delete_task))
-            .default_service(web::to(method_not_allowed("GET, HEAD, PUT, PATCH, DELETE"))),
+        web::scope("/api/tasks")
+            .service(
+                web::resource("")
+                    .route(web::get().to(tasks::list_tasks))
+                    .route(web::head().to(tasks::list_tasks))
+                    .route(web::post().to(tasks::create_task))
+                    .default_service(web::to(method_not_allowed("GET, HEAD, POST"))),
+            )
+            .service(
+                web::resource("/counts")
+                    .route(web::get().to(tasks::task_counts))
+                    .route(web::head().to(tasks::task_counts))
+                    .default_service(web::to(method_not_allowed("GET, HEAD"))),
+            )
+            .service(
+                web::resource("/{id}")
+                    .route(web::get().to(tasks::get_task))
+                    .route(web::head().to(tasks::get_task))
+                    .route(web::put().to(tasks::update_task))
+                    .route(web::patch().to(tasks::patch_task))
+                    .route(web::delete().to(tasks::delete_task))
+                    .default_service(web::to(method_not_allowed("GET, HEAD, PUT, PATCH, DELETE"))),
+            ),
     );
 }
 
