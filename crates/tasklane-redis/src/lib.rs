@@ -41,9 +41,9 @@ pub struct RedisSettings {
     pub key_prefix: String,
     /// How long entries live.
     pub ttl: Duration,
-    /// The size of the deadpool pool the connections come from. The cache itself holds one
-    /// multiplexed connection taken out of that pool and makes at most one new connection at a
-    /// time, so this is a bound, not a number of open connections.
+    /// The size of the deadpool pool the connections come from. The cache holds one
+    /// multiplexed connection per thread that uses it (one per actix worker), each taken out of
+    /// that pool for good, and makes at most one new connection at a time.
     pub pool_size: usize,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_threshold: u32,

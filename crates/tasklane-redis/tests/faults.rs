@@ -327,3 +327,41 @@ async fn concurrent_calls_share_one_connection_even_when_reconnecting() -> TestR
     assert_eq!(connections_accepted(&mut observer).await? - before, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn each_thread_gets_one_connection_and_keeps_it() -> TestResult {
+    let server = RedisServer::spawn().await?;
+    let cache = Arc::new(cache_without_breaker(&server)?);
+    let mut observer = raw(&server.url()).await?;
+    let before = connections_accepted(&mut observer).await?;
+    // Two threads with a runtime each, as actix runs its workers; 100 lookups on each.
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let cache = cache.clone();
+            std::thread::spawn(move || -> Result<usize, String> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                runtime.block_on(async {
+                    let mut answered = 0;
+                    for _ in 0..100 {
+                        if cache.lookup("k", deadline()).await.is_ok() {
+                            answered += 1;
+                        }
+                    }
+                    Ok(answered)
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().map_err(|_| "thread panicked")??, 100);
+    }
+    assert_eq!(
+        connections_accepted(&mut observer).await? - before,
+        2,
+        "one connection per thread, reused by every later call"
+    );
+    Ok(())
+}

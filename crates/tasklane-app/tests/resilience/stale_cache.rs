@@ -9,11 +9,11 @@
 //!   between the snapshot (taken when the query reaches the server) and the cache write (sent
 //!   when the answer is back), so writes commit, bump the generation and are acknowledged inside
 //!   that window all the time. This is the delay before the cache write that matters.
-//! - Redis, `REDIS_DELAY` each way: every Redis call, the cache write included, lands later. On
-//!   its own this would not widen the window: the server sends all its Redis commands down one
-//!   multiplexed connection, so a reader's `SET` and a writer's `INCR` arrive in the order they
-//!   were sent, however slow the link. It is there so that the generation check and the write
-//!   also race against a slow Redis.
+//! - Redis, `REDIS_DELAY` each way: every Redis call, the cache write included, lands later, so
+//!   that the generation check and the write also race against a slow Redis. Each server thread
+//!   has its own connection, so a reader's `SET` and a writer's `INCR` from different threads
+//!   may arrive in either order; entries carry the generation seen before the read, so the
+//!   order does not matter to correctness.
 
 use crate::harness::{
     breaker_state, cache_counters, client, exchange, private_pg, private_redis, seed_tasks, App,
