@@ -24,6 +24,18 @@ async fn ready_cache() -> Result<(RedisTaskCache, String, Generation), Box<dyn s
     Ok((cache, prefix, generation))
 }
 
+/// The generation of a cache on a fresh prefix: the first lookup seeds it, the second reports
+/// it.
+async fn seeded_generation(
+    cache: &RedisTaskCache,
+) -> Result<Generation, Box<dyn std::error::Error>> {
+    let _ = cache.lookup("k", deadline()).await?;
+    match cache.lookup("k", deadline()).await? {
+        CacheLookup::Miss(Some(generation)) => Ok(generation),
+        other => Err(format!("no generation after the first lookup: {other:?}").into()),
+    }
+}
+
 fn entry_key(prefix: &str, schema: u32, key: &str) -> String {
     format!("{prefix}:v{schema}:list:{key}")
 }
@@ -247,10 +259,7 @@ async fn entries_expire_after_the_ttl() -> TestResult {
     let mut s = settings(shared_redis_url(), prefix.clone());
     s.ttl = Duration::from_secs(30);
     let cache = RedisTaskCache::new(s)?;
-    let _ = cache.lookup("k", deadline()).await?;
-    let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
-        return Err("no generation".into());
-    };
+    let generation = seeded_generation(&cache).await?;
     cache
         .store("k", generation, Bytes::from_static(b"v"), deadline())
         .await?;
@@ -518,10 +527,7 @@ async fn a_local_copy_expires_no_later_than_its_entry() -> TestResult {
     s.ttl = Duration::from_millis(400);
     let writer = RedisTaskCache::new(s.clone())?;
     let reader = RedisTaskCache::new(s)?;
-    let _ = writer.lookup("k", deadline()).await?;
-    let CacheLookup::Miss(Some(generation)) = writer.lookup("k", deadline()).await? else {
-        return Err("no generation".into());
-    };
+    let generation = seeded_generation(&writer).await?;
     writer
         .store("k", generation, Bytes::from_static(b"v"), deadline())
         .await?;
@@ -548,10 +554,7 @@ async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
     let mut s = settings(shared_redis_url(), prefix.clone());
     s.local_copy_bytes = 0;
     let cache = RedisTaskCache::new(s)?;
-    let _ = cache.lookup("k", deadline()).await?;
-    let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
-        return Err("no generation".into());
-    };
+    let generation = seeded_generation(&cache).await?;
     cache
         .store("k", generation, Bytes::from_static(b"stored"), deadline())
         .await?;

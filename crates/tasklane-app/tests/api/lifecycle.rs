@@ -59,6 +59,23 @@ fn wait_until_ready(port: u16) {
     panic!("server on {port} never became ready");
 }
 
+/// Starts `tasklane` on a free port with `env`, its stdout going to `stdout`, and waits until it
+/// is ready.
+async fn serve(env: &[(&str, &str)], stdout: Stdio) -> (std::process::Child, u16) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = env.to_vec();
+    env.push(("TASKLANE_LISTEN", listen.as_str()));
+    let child = tasklane(&[], &env)
+        .stdout(stdout)
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::task::spawn_blocking(move || wait_until_ready(port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    (child, port)
+}
+
 #[test]
 fn a_malformed_url_stops_start_up_with_one_line_naming_the_variable() {
     for (var, value) in [
@@ -230,21 +247,15 @@ async fn migrate_and_demo_data_commands() {
 async fn sigterm_drains_finishes_in_flight_requests_and_exits_in_time() {
     let db = TestDb::new().await;
     let url = db.url();
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = tasklane(
-        &[],
+    let (mut child, port) = serve(
         &[
             ("DATABASE_URL", url.as_str()),
-            ("TASKLANE_LISTEN", listen.as_str()),
             ("TASKLANE_DRAIN_DELAY_MS", "1500"),
         ],
+        Stdio::inherit(),
     )
-    .spawn()
-    .unwrap_or_else(|e| panic!("{e}"));
-    tokio::task::spawn_blocking(move || wait_until_ready(port))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    .await;
+    let listen = format!("127.0.0.1:{port}");
 
     // The healthcheck subcommand agrees.
     let hc = tasklane(&["healthcheck"], &[("TASKLANE_LISTEN", listen.as_str())])
@@ -326,22 +337,11 @@ async fn a_5xx_is_logged_once_with_its_request_id_and_cause_and_the_body_stays_o
         proxy.port(),
         db.name()
     );
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut child = tasklane(
-        &[],
-        &[
-            ("DATABASE_URL", url.as_str()),
-            ("TASKLANE_LISTEN", listen.as_str()),
-            ("TASKLANE_LOG", "warn"),
-        ],
+    let (mut child, port) = serve(
+        &[("DATABASE_URL", url.as_str()), ("TASKLANE_LOG", "warn")],
+        Stdio::piped(),
     )
-    .stdout(Stdio::piped())
-    .spawn()
-    .unwrap_or_else(|e| panic!("{e}"));
-    tokio::task::spawn_blocking(move || wait_until_ready(port))
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    .await;
 
     // The database goes away: the list is a 503, whose body names no internals.
     proxy.set_mode(Mode::Refuse { cut_existing: true });
