@@ -1,34 +1,23 @@
 // Suite "browse": filtering by status, searching as you type, paging with "Load more".
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  PAGE_SIZE, assertNoProblems, createTask, eventually, launchBrowser, listedIds, listedTitles,
-  openApp, search, sleep, suiteScreenshot, uniqueToken, waitForList,
+  PAGE_SIZE, assertNoProblems, createTask, eventually, listedIds, listedTitles,
+  openApp, search, sleep, suiteBrowser, uniqueToken, waitForList,
 } from './lib.mjs';
 
 const SUITE = 'browse';
 const T = { timeout: 90_000 };
 
 describe('browse', () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    if (!browser) return;
-    try {
-      await suiteScreenshot(browser, SUITE);
-    } finally {
-      await browser.close();
-    }
-  });
+  const browser = suiteBrowser(SUITE);
 
   test('the status filter shows only tasks in that status', T, async () => {
     const token = uniqueToken(SUITE, 'filter');
     const todo = await createTask(`Sort the mail ${token}`, { status: 'todo' });
     const doing = await createTask(`Paint the fence ${token}`, { status: 'in_progress' });
     const done = await createTask(`File the taxes ${token}`, { status: 'done' });
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
@@ -74,7 +63,7 @@ describe('browse', () => {
     const token = uniqueToken(SUITE, 'search');
     const apples = await createTask(`${token} buy apples`);
     const pears = await createTask(`${token} buy pears`);
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       const queries = [];
@@ -125,7 +114,7 @@ describe('browse', () => {
       // In order, so newest first is n … 1.
       created.push(await createTask(`Page item ${String(i).padStart(2, '0')} ${token}`));
     }
-    const s = await openApp(browser, { autoLoad: false });
+    const s = await openApp(browser(), { autoLoad: false });
     const { page } = s;
     try {
       const listRequests = [];
@@ -164,7 +153,7 @@ describe('browse', () => {
     for (let i = 1; i <= n; i += 1) {
       await createTask(`Scroll item ${String(i).padStart(2, '0')} ${token}`);
     }
-    const s = await openApp(browser, { width: 1280, height: 700 });
+    const s = await openApp(browser(), { width: 1280, height: 700 });
     const { page } = s;
     try {
       await search(page, token);

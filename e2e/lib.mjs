@@ -2,6 +2,7 @@
 // unique names, polling assertions and screenshots.
 
 import assert from 'node:assert/strict';
+import { after, before } from 'node:test';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
@@ -238,4 +239,22 @@ export async function suiteScreenshot(browser, suite) {
       await session.context.close();
     }
   }
+}
+
+// One browser for the enclosing `describe` block: launched before its tests, and after them a
+// screenshot of the suite is saved and the browser closed. Returns a function that gives it.
+export function suiteBrowser(suite) {
+  let browser;
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    if (!browser) return;
+    try {
+      await suiteScreenshot(browser, suite);
+    } finally {
+      await browser.close();
+    }
+  });
+  return () => browser;
 }

@@ -1,10 +1,10 @@
 // Suite "safety": API failures are shown, user text is never HTML, the CSP holds, and the page
 // is usable by keyboard and at 360 px.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  BASE_URL, alertText, assertNoProblems, createTask, eventually, item, launchBrowser, listedIds,
-  openApp, search, searchTasks, suiteScreenshot, uniqueToken, waitForList,
+  BASE_URL, alertText, assertNoProblems, createTask, eventually, item, listedIds,
+  openApp, search, searchTasks, suiteBrowser, uniqueToken, waitForList,
 } from './lib.mjs';
 
 const SUITE = 'safety';
@@ -12,18 +12,7 @@ const T = { timeout: 60_000 };
 const XSS_TITLE = '<img src=x onerror=alert(1)>';
 
 describe('safety', () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    if (!browser) return;
-    try {
-      await suiteScreenshot(browser, SUITE);
-    } finally {
-      await browser.close();
-    }
-  });
+  const browser = suiteBrowser(SUITE);
 
   test('the page is served with a strict Content-Security-Policy', T, async () => {
     const res = await fetch(`${BASE_URL}/`);
@@ -49,7 +38,7 @@ describe('safety', () => {
   });
 
   test('a 503 on add is shown in the alert region, and the typed text is kept', T, async () => {
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       const token = uniqueToken(SUITE, 'fail');
@@ -92,7 +81,7 @@ describe('safety', () => {
   });
 
   test('a network failure or a failing list is shown, not only logged', T, async () => {
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       const token = uniqueToken(SUITE, 'net');
@@ -127,7 +116,7 @@ describe('safety', () => {
   });
 
   test('a title full of HTML shows literally and runs nothing', T, async () => {
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       const token = uniqueToken(SUITE, 'xss');
@@ -190,7 +179,7 @@ describe('safety', () => {
   test('every control has a label, and the form works by keyboard alone with visible focus', T, async () => {
     const token = uniqueToken(SUITE, 'a11y');
     await createTask(`Labelled task ${token}`);
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
@@ -248,7 +237,7 @@ describe('safety', () => {
     const token = uniqueToken(SUITE, 'narrow');
     await createTask(`${'Supercalifragilistic'.repeat(6)} ${token}`, { description: 'x'.repeat(300) });
     await createTask(`A normal task ${token}`, { status: 'in_progress' });
-    const s = await openApp(browser, { width: 360, height: 740 });
+    const s = await openApp(browser(), { width: 360, height: 740 });
     const { page } = s;
     try {
       await search(page, token);

@@ -1,30 +1,19 @@
 // Suite "tasks": adding, changing status, editing in place (and the 412 path), deleting.
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  alertText, apiFetch, assertNoProblems, createTask, eventually, getTask, item, launchBrowser,
-  listedIds, openApp, readCounts, search, searchTasks, sleep, suiteScreenshot, uniqueToken,
+  alertText, apiFetch, assertNoProblems, createTask, eventually, getTask, item,
+  listedIds, openApp, readCounts, search, searchTasks, sleep, suiteBrowser, uniqueToken,
 } from './lib.mjs';
 
 const SUITE = 'tasks';
 const T = { timeout: 60_000 };
 
 describe('tasks', () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    if (!browser) return;
-    try {
-      await suiteScreenshot(browser, SUITE);
-    } finally {
-      await browser.close();
-    }
-  });
+  const browser = suiteBrowser(SUITE);
 
   test('adding a task puts it at the top and updates the counts', T, async () => {
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       const token = uniqueToken(SUITE, 'add');
@@ -59,7 +48,7 @@ describe('tasks', () => {
   });
 
   test('an empty title is refused in the page, with a message next to the field', T, async () => {
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await page.getByTestId('new-title').fill('   ');
@@ -73,7 +62,7 @@ describe('tasks', () => {
   });
 
   test('double-clicking Add creates one task', T, async () => {
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       const token = uniqueToken(SUITE, 'dbl');
@@ -109,7 +98,7 @@ describe('tasks', () => {
   test('marking a task done changes its status, announces it, and persists', T, async () => {
     const token = uniqueToken(SUITE, 'done');
     const task = await createTask(`Water the plants ${token}`);
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
@@ -153,7 +142,7 @@ describe('tasks', () => {
   test('editing a title in place saves it (Enter) and it persists; Escape cancels', T, async () => {
     const token = uniqueToken(SUITE, 'edit');
     const task = await createTask(`Call the plumber ${token}`, { description: 'About the kitchen sink' });
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
@@ -203,7 +192,7 @@ describe('tasks', () => {
   test('saving over a change made elsewhere (412) reloads the task and says so', T, async () => {
     const token = uniqueToken(SUITE, 'conflict');
     const task = await createTask(`Plan the offsite ${token}`);
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
@@ -247,7 +236,7 @@ describe('tasks', () => {
   test('a status change on a stale task (412) reloads it instead of overwriting', T, async () => {
     const token = uniqueToken(SUITE, 'stale');
     const task = await createTask(`Renew passport ${token}`);
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
@@ -267,7 +256,7 @@ describe('tasks', () => {
   test('deleting asks first; cancelling keeps the task, confirming removes it', T, async () => {
     const token = uniqueToken(SUITE, 'delete');
     const task = await createTask(`Old receipts ${token}`);
-    const s = await openApp(browser);
+    const s = await openApp(browser());
     const { page } = s;
     try {
       await search(page, token);
