@@ -83,11 +83,9 @@ pub async fn request_id_middleware(
         let status = res.status();
         let micros = started.elapsed().as_micros() as u64;
         if status.is_server_error() {
-            let cause = res.response().extensions().get::<FailureCause>().cloned();
-            let (error, detail) = cause.map_or_else(
-                || (String::new(), String::new()),
-                |c| (c.error, c.detail),
-            );
+            let extensions = res.response().extensions();
+            let cause = extensions.get::<FailureCause>();
+            let (error, detail) = cause.map_or(("", ""), |c| (c.error.as_str(), c.detail.as_str()));
             let (method, path) = (res.request().method(), res.request().path());
             if status == actix_web::http::StatusCode::SERVICE_UNAVAILABLE {
                 tracing::warn!(request_id = %id, %method, path, status = status.as_u16(), micros, error = %error, cause = %detail, "request failed");

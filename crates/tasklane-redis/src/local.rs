@@ -93,23 +93,22 @@ impl LocalCopies {
         }
         let mut inner = self.lock();
         inner.remove(key);
-        let copy = Copy {
-            generation,
-            payload,
-            expires,
-            used: 0,
-        };
-        let size = copy.size(key);
+        let size = key.len() + payload.len();
         if size > self.max_bytes / 8 {
             return;
         }
         inner.clock += 1;
-        let copy = Copy {
-            used: inner.clock,
-            ..copy
-        };
+        let used = inner.clock;
         inner.bytes += size;
-        inner.copies.insert(key.to_owned(), copy);
+        inner.copies.insert(
+            key.to_owned(),
+            Copy {
+                generation,
+                payload,
+                expires,
+                used,
+            },
+        );
         while inner.bytes > self.max_bytes {
             let Some(oldest) = inner
                 .copies
