@@ -35,6 +35,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_idempotency_keys",
         sql: include_str!("../../../migrations/postgres/0002_idempotency_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_search_folded",
+        sql: include_str!("../../../migrations/postgres/0003_search_folded.sql"),
+    },
 ];
 
 /// The embedded migrations, in order.

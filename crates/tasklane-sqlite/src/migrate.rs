@@ -42,6 +42,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_idempotency_keys",
         sql: include_str!("../../../migrations/sqlite/0002_idempotency_keys.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_search_folded",
+        sql: include_str!("../../../migrations/sqlite/0003_search_folded.sql"),
+    },
 ];
 
 /// The embedded migrations, in order.

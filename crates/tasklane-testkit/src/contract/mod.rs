@@ -46,6 +46,7 @@ macro_rules! repository_contract {
             status_filter_lists_and_pages_only_that_status,
             search_is_case_insensitive_unicode_aware_and_literal,
             search_combines_with_status_and_paging,
+            search_follows_every_change_of_the_texts,
             update_changes_only_the_given_fields,
             updated_at_moves_strictly_on_every_update,
             update_preconditions,

@@ -519,6 +519,64 @@ pub async fn search_is_case_insensitive_unicode_aware_and_literal(repo: Repo) {
     assert_eq!(found("nothing like it").await, none);
 }
 
+/// Search reads the texts as they are now: after a title or a description changes, the new
+/// text finds the task and the old one no longer does (PostgreSQL searches lower-cased copies
+/// that it keeps beside the texts; this proves they follow every write).
+pub async fn search_follows_every_change_of_the_texts(repo: Repo) {
+    let task = create(
+        &repo,
+        "Call the PLUMBER",
+        "about the kitchen SINK",
+        Status::Todo,
+    )
+    .await;
+    let found = |text: &'static str| {
+        let repo = Arc::clone(&repo);
+        async move { ids(&list(&repo, &search(text)).await.tasks) }
+    };
+    assert_eq!(found("plumber").await, [task.id]);
+    assert_eq!(found("sink").await, [task.id]);
+
+    update(
+        &repo,
+        task.id,
+        title_patch("Call the ELECTRICIAN"),
+        Precondition::None,
+    )
+    .await;
+    assert_eq!(
+        found("plumber").await,
+        Vec::<TaskId>::new(),
+        "the old title"
+    );
+    assert_eq!(found("electrician").await, [task.id]);
+    assert_eq!(
+        found("sink").await,
+        [task.id],
+        "the description is unchanged"
+    );
+
+    let description = TaskPatch {
+        description: Some(Description::new("about the BATHROOM tap").expect("valid")),
+        ..TaskPatch::default()
+    };
+    update(&repo, task.id, description, Precondition::None).await;
+    assert_eq!(
+        found("sink").await,
+        Vec::<TaskId>::new(),
+        "the old description"
+    );
+    assert_eq!(found("bathroom").await, [task.id]);
+
+    let fetched = repo.get(task.id).await.expect("the task exists");
+    assert_eq!(
+        fetched.title.as_str(),
+        "Call the ELECTRICIAN",
+        "case is kept"
+    );
+    assert_eq!(fetched.description.as_str(), "about the BATHROOM tap");
+}
+
 /// Search combines with the status filter, and its results page like the plain list.
 pub async fn search_combines_with_status_and_paging(repo: Repo) {
     let mut made = Vec::new();
