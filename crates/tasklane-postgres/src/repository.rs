@@ -13,7 +13,7 @@ use tasklane_domain::{
 };
 use tokio::time::error::Elapsed;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{NoTls, Row};
 
 /// The columns every statement returns, in the order [`task_from_row`] reads them.
@@ -383,32 +383,36 @@ impl TaskRepository for PgTaskRepository {
         let fetch = i64::from(query.limit.get()) + 1;
 
         let sql = &LIST_SQL[list_sql_index(status.is_some(), pattern.is_some(), cursor.is_some())];
-        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(5);
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(5);
         if let Some(status) = &status {
-            params.push(status);
+            params.push((status, Type::TEXT));
         }
         if let Some(pattern) = &pattern {
-            params.push(pattern);
+            params.push((pattern, Type::TEXT));
         }
         if let Some((created_at, id)) = &cursor {
-            params.push(created_at);
-            params.push(id);
+            params.push((created_at, Type::TIMESTAMPTZ));
+            params.push((id, Type::INT8));
         }
-        params.push(&fetch);
+        params.push((&fetch, Type::INT8));
 
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.query_timeout, async {
-            // A search is prepared afresh each time, so PostgreSQL plans it with the pattern in
-            // view (the trigram indexes). Once a cached statement has run five times, PostgreSQL
-            // may switch it to a generic plan that cannot see the pattern and walks the list
-            // index filtering every row: 335 ms instead of 0.3 ms for a rare word over 100,000
-            // tasks (docs/PERFORMANCE.md). The other list shapes keep their cached statements.
-            let stmt = if pattern.is_some() {
-                client.prepare(sql).await?
+            if pattern.is_some() {
+                // A search is planned afresh each time, with its pattern in view (the trigram
+                // indexes, the estimates). Once a cached statement has run five times,
+                // PostgreSQL may switch it to a generic plan that cannot see the pattern and
+                // walks the list index filtering every row: 335 ms instead of 0.3 ms for a rare
+                // word over 100,000 tasks (docs/PERFORMANCE.md). An unnamed statement with its
+                // parameter types given is parsed, bound and run in one round trip (a prepared
+                // one took two, and a third message to close it).
+                client.query_typed(sql, &params).await
             } else {
-                client.prepare_cached(sql).await?
-            };
-            client.query(&stmt, &params).await
+                // The other list shapes keep their cached statements.
+                let stmt = client.prepare_cached(sql).await?;
+                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                client.query(&stmt, &values).await
+            }
         })
         .await;
         let rows = self.settle(client, outcome)?;
