@@ -261,7 +261,8 @@ def write_markdown(path, rows, m):
         "",
         f"- *cached list*: the default list (`GET /api/tasks`) of a database with the seed's 3 tasks "
         f"({m['bytes_list3']} bytes) and of one with 100,000 (a full page of 100, {m['bytes_list100']} bytes), "
-        "served from Redis; nginx serves a file with the same bytes.",
+        "served from Redis; nginx serves a file with the same bytes (its limit is the median of three "
+        "runs of 10 s: one run of nginx moved by half between runs an hour apart).",
         "- *uncached*: PostgreSQL without `REDIS_URL` does not cache, so these measure the store: "
         "the status filter and the text search over 100,000 tasks (ten search texts in turn, from "
         "common words to one matching nothing), the first page with 1,000 and 1,000,000 tasks. "
