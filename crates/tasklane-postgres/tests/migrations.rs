@@ -1,5 +1,5 @@
 //! `migrate` against the machine's real PostgreSQL: idempotent, safe when replicas start at once,
-//! and refusing a schema whose applied files were edited.
+//! refusing a schema whose applied files were edited, and upgrading a database that holds tasks.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use tasklane_domain::{Description, NewTask, Status, StatusCounts, TaskRepository, Title};
@@ -149,4 +149,76 @@ async fn a_migration_recorded_by_a_newer_release_is_tolerated() {
         .unwrap();
 
     assert_eq!(migrate(&db.pool().await).await.unwrap(), 0);
+}
+
+/// An upgrade: a database at the previous release's schema (0001-0002), holding tasks, is
+/// migrated by this build. Only 0003 runs, and it fills the lower-cased copies of the tasks that
+/// were already there, so that searching them works at once (and still matches what ILIKE does).
+#[tokio::test]
+async fn upgrading_a_database_with_tasks_lets_search_find_them() {
+    let db = TestDb::empty().await;
+    let client = db.client().await;
+    let previous: Vec<_> = migrations().iter().filter(|m| m.version <= 2).collect();
+    assert_eq!(previous.len(), 2);
+    let ledger_sql = "CREATE TABLE _tasklane_migrations (version INTEGER PRIMARY KEY, \
+                      name TEXT NOT NULL, checksum TEXT NOT NULL, \
+                      applied_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+    // The ledger as `migrate` creates it (it only adds it when missing).
+    client.batch_execute(ledger_sql).await.unwrap();
+    for m in &previous {
+        client.batch_execute(m.sql).await.unwrap();
+        client
+            .execute(
+                "INSERT INTO _tasklane_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                &[&m.version, &m.name, &m.checksum()],
+            )
+            .await
+            .unwrap();
+    }
+    client
+        .batch_execute(
+            "INSERT INTO tasks (title, description) VALUES \
+             ('ÉCOLE visit', ''), ('Buy milk', 'near the École'), ('İstanbul trip', ''), \
+             ('Unrelated', 'nothing')",
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(migrate(&db.pool().await).await.unwrap(), 1, "only 0003");
+    assert_eq!(ledger(&db).await, embedded());
+
+    let repo = PgTaskRepository::new(db.pool().await, db.settings().query_timeout);
+    let titles = |text: &'static str| {
+        let repo = repo.clone();
+        async move {
+            let query = tasklane_domain::ListQuery {
+                search: tasklane_domain::SearchText::new(text).unwrap(),
+                ..tasklane_domain::ListQuery::default()
+            };
+            let mut t: Vec<String> = repo
+                .list(&query)
+                .await
+                .unwrap()
+                .tasks
+                .into_iter()
+                .map(|t| t.title.as_str().to_owned())
+                .collect();
+            t.sort();
+            t
+        }
+    };
+    assert_eq!(titles("école").await, ["Buy milk", "ÉCOLE visit"]);
+    assert_eq!(titles("ISTANBUL").await, ["İstanbul trip"]);
+    assert_eq!(titles("nothing").await, ["Unrelated"]);
+    // The copies are PostgreSQL's own lower(), the same function ILIKE applies.
+    let same: bool = client
+        .query_one(
+            "SELECT bool_and(title_folded = lower(title) AND description_folded = lower(description)) \
+             FROM tasks",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(same);
 }
