@@ -40,6 +40,15 @@ fn entry_key(prefix: &str, schema: u32, key: &str) -> String {
     format!("{prefix}:v{schema}:list:{key}")
 }
 
+/// Writes entry `k` straight into Redis, under `generation`, with `body`: what another replica
+/// storing its own read of the same generation would leave there.
+async fn overwrite_entry(prefix: &str, generation: Generation, body: &[u8]) -> TestResult {
+    let mut conn = raw(&shared_redis_url()).await?;
+    let entry = [&generation.0.to_be_bytes()[..], body].concat();
+    let () = conn.set(entry_key(prefix, SCHEMA, "k"), &entry).await?;
+    Ok(())
+}
+
 async fn cleanup(prefix: &str) -> TestResult {
     delete_prefix(&shared_redis_url(), prefix).await?;
     Ok(())
@@ -440,9 +449,7 @@ async fn a_local_copy_is_served_while_the_shared_generation_stands_and_only_then
         .await?;
     // Proof that the hit is A's local copy, not the entry: the entry now says something else
     // (two replicas may each store a page read under the same generation; both are valid).
-    let mut conn = raw(&shared_redis_url()).await?;
-    let other = [&generation.0.to_be_bytes()[..], b"in redis"].concat();
-    let () = conn.set(entry_key(&prefix, SCHEMA, "k"), &other).await?;
+    overwrite_entry(&prefix, generation, b"in redis").await?;
     assert_eq!(
         a.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"from a"))
@@ -471,6 +478,7 @@ async fn a_local_copy_is_served_while_the_shared_generation_stands_and_only_then
         a.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"after the write"))
     );
+    let mut conn = raw(&shared_redis_url()).await?;
     let () = conn.del(entry_key(&prefix, SCHEMA, "k")).await?;
     assert_eq!(
         a.lookup("k", deadline()).await?,
@@ -561,9 +569,7 @@ async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
     cache
         .store("k", generation, Bytes::from_static(b"stored"), deadline())
         .await?;
-    let mut conn = raw(&shared_redis_url()).await?;
-    let other = [&generation.0.to_be_bytes()[..], b"in redis"].concat();
-    let () = conn.set(entry_key(&prefix, SCHEMA, "k"), &other).await?;
+    overwrite_entry(&prefix, generation, b"in redis").await?;
     assert_eq!(
         cache.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"in redis"))
