@@ -22,6 +22,10 @@ pub struct PoolGauges {
     pub size: usize,
     pub available: usize,
     pub waiting: usize,
+    /// Text searches allowed to run at once, running, and waiting for a slot.
+    pub search_slots: usize,
+    pub searches_running: usize,
+    pub searches_waiting: usize,
 }
 
 type PoolProbe = Box<dyn Fn() -> PoolGauges + Send + Sync>;
@@ -128,6 +132,28 @@ impl Metrics {
                 let _ = writeln!(
                     text,
                     "# HELP tasklane_db_pool_{name} {help}\n# TYPE tasklane_db_pool_{name} gauge\ntasklane_db_pool_{name} {value}"
+                );
+            }
+            for (name, help, value) in [
+                (
+                    "search_slots",
+                    "Text searches allowed to run at once",
+                    p.search_slots,
+                ),
+                (
+                    "searches_running",
+                    "Text searches running",
+                    p.searches_running,
+                ),
+                (
+                    "searches_waiting",
+                    "Text searches waiting for a slot",
+                    p.searches_waiting,
+                ),
+            ] {
+                let _ = writeln!(
+                    text,
+                    "# HELP tasklane_db_{name} {help}\n# TYPE tasklane_db_{name} gauge\ntasklane_db_{name} {value}"
                 );
             }
         }

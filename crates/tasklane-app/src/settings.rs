@@ -61,6 +61,9 @@ pub struct Settings {
     #[serde(skip)]
     pub redis_url: Option<SecretString>,
     pub db_pool_size: usize,
+    /// Text searches PostgreSQL runs at once (the rest wait their turn for up to
+    /// `db_wait_timeout_ms`); 0 means half the pool. At most `db_pool_size`.
+    pub db_search_slots: usize,
     pub db_wait_timeout_ms: u64,
     pub db_connect_timeout_ms: u64,
     pub db_query_timeout_ms: u64,
@@ -112,6 +115,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("store", "auto"),
     ("sqlite_path", "data/tasklane.db"),
     ("db_pool_size", "8"),
+    ("db_search_slots", "0"),
     ("db_wait_timeout_ms", "500"),
     ("db_connect_timeout_ms", "500"),
     ("db_query_timeout_ms", "1000"),
@@ -195,6 +199,12 @@ impl Settings {
         if self.db_pool_size == 0 {
             return Err(invalid("TASKLANE_DB_POOL_SIZE", "must be at least 1"));
         }
+        if self.db_search_slots > self.db_pool_size {
+            return Err(invalid(
+                "TASKLANE_DB_SEARCH_SLOTS",
+                "must be at most TASKLANE_DB_POOL_SIZE (each running search holds a connection)",
+            ));
+        }
         if self.cache_pool_size == 0 {
             return Err(invalid("TASKLANE_CACHE_POOL_SIZE", "must be at least 1"));
         }
@@ -234,6 +244,14 @@ impl Settings {
 
     pub fn cache_timeout(&self) -> Duration {
         Duration::from_millis(self.cache_timeout_ms)
+    }
+
+    /// The text searches PostgreSQL may run at once: as set, or half the pool.
+    pub fn search_slots(&self) -> usize {
+        match self.db_search_slots {
+            0 => tasklane_postgres::default_search_slots(self.db_pool_size),
+            n => n,
+        }
     }
 
     pub fn body_timeout(&self) -> Duration {
@@ -403,5 +421,27 @@ mod tests {
                 .ok(),
             Some(Duration::from_secs(2))
         );
+    }
+
+    #[test]
+    fn search_slots_are_half_the_pool_unless_set_and_never_more_than_the_pool() {
+        let slots = |vars: &[(&str, &str)]| load(vars).map(|s| s.search_slots());
+        assert_eq!(slots(&[]).ok(), Some(4));
+        assert_eq!(slots(&[("TASKLANE_DB_POOL_SIZE", "3")]).ok(), Some(1));
+        assert_eq!(slots(&[("TASKLANE_DB_SEARCH_SLOTS", "6")]).ok(), Some(6));
+        assert_eq!(
+            slots(&[
+                ("TASKLANE_DB_POOL_SIZE", "1"),
+                ("TASKLANE_DB_SEARCH_SLOTS", "1")
+            ])
+            .ok(),
+            Some(1)
+        );
+        let too_many = load(&[("TASKLANE_DB_SEARCH_SLOTS", "9")]).unwrap_err();
+        assert!(
+            too_many.to_string().contains("TASKLANE_DB_SEARCH_SLOTS"),
+            "{too_many}"
+        );
+        assert!(load(&[("TASKLANE_DB_SEARCH_SLOTS", "-1")]).is_err());
     }
 }

@@ -59,8 +59,9 @@ pub struct Wiring {
     pub store: &'static str,
     /// `redis`, `memory` or `none`.
     pub cache: &'static str,
-    /// The PostgreSQL pool, when that is the store.
-    pub pg_pool: Option<tasklane_postgres::Pool>,
+    /// The PostgreSQL repository, when that is the store (its pool and search slots are
+    /// metrics).
+    pub postgres: Option<PgTaskRepository>,
     /// The Redis cache, when there is one (its breaker state is a metric).
     pub redis: Option<Arc<RedisTaskCache>>,
 }
@@ -233,14 +234,13 @@ fn redis_cache(settings: &Settings) -> Result<Option<Arc<RedisTaskCache>>, Start
 pub async fn wire(settings: &Settings) -> Result<Wiring, StartupError> {
     let plan = plan_store(settings)?;
     let redis = redis_cache(settings)?;
-    let (repo, store, pg_pool): (Arc<dyn TaskRepository>, &'static str, _) = match &plan {
+    let (repo, store, postgres): (Arc<dyn TaskRepository>, &'static str, _) = match &plan {
         StorePlan::Postgres => {
             let pool = connect_and_migrate(settings).await?;
-            let repo = PgTaskRepository::new(
-                pool.clone(),
-                Duration::from_millis(settings.db_query_timeout_ms),
-            );
-            (Arc::new(repo), "postgres", Some(pool))
+            let repo =
+                PgTaskRepository::new(pool, Duration::from_millis(settings.db_query_timeout_ms))
+                    .with_search_slots(settings.search_slots());
+            (Arc::new(repo.clone()), "postgres", Some(repo))
         }
         StorePlan::Sqlite(path) => {
             let repo = tasklane_sqlite::open(&sqlite_settings(settings, path.clone()))
@@ -282,7 +282,7 @@ pub async fn wire(settings: &Settings) -> Result<Wiring, StartupError> {
         service,
         store,
         cache: cache_kind,
-        pg_pool,
+        postgres,
         redis,
     })
 }
@@ -373,14 +373,18 @@ impl Application {
     /// When the listen address cannot be bound.
     pub fn with_wiring(settings: Settings, wiring: Wiring) -> Result<Self, StartupError> {
         let service = wiring.service;
-        let pool_probe = wiring.pg_pool.map(|pool| {
+        let pool_probe = wiring.postgres.map(|repo| {
             Box::new(move || {
-                let status = pool.status();
+                let status = repo.pool().status();
+                let searches = repo.search_slots();
                 PoolGauges {
                     max_size: status.max_size,
                     size: status.size,
                     available: status.available,
                     waiting: status.waiting,
+                    search_slots: searches.max,
+                    searches_running: searches.running,
+                    searches_waiting: searches.waiting,
                 }
             }) as Box<dyn Fn() -> PoolGauges + Send + Sync>
         });

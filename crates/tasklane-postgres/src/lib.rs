@@ -10,9 +10,11 @@
 mod errors;
 mod migrate;
 mod repository;
+mod search_slots;
 mod settings;
 
 pub use deadpool_postgres::Pool;
 pub use migrate::{migrate, migrations, schema_fingerprint, MigrateError, Migration};
 pub use repository::PgTaskRepository;
+pub use search_slots::{default_search_slots, SearchSlotsStatus};
 pub use settings::{build_pool, PgSettings, SetupError};

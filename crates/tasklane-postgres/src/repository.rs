@@ -1,10 +1,11 @@
 //! [`PgTaskRepository`]: the `TaskRepository` port on PostgreSQL.
 
 use crate::errors::{self, InvalidRow, QueryTimeout};
+use crate::search_slots::{default_search_slots, SearchSlots, SearchSlotsStatus};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use deadpool_postgres::{Object, Pool, Transaction};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tasklane_domain::{
     Created, Description, Idempotency, ListQuery, NewTask, Page, Precondition, RepoError,
@@ -193,23 +194,44 @@ fn list_sql(status: bool, search: bool, cursor: bool) -> String {
 /// Every statement runs within `query_timeout`. When one does not finish in time, the adapter
 /// asks the server to cancel it and discards the connection rather than return it to the pool
 /// with a statement possibly still running on it, and reports `Unavailable`.
+///
+/// Text searches also take one of a few search slots first (see [`SearchSlots`]): by default
+/// half the pool, waited for as long as a connection is.
 #[derive(Clone, Debug)]
 pub struct PgTaskRepository {
     pool: Pool,
     query_timeout: Duration,
+    searches: Arc<SearchSlots>,
 }
 
 impl PgTaskRepository {
     pub fn new(pool: Pool, query_timeout: Duration) -> Self {
+        let slots = default_search_slots(pool.status().max_size);
+        let wait = pool.timeouts().wait.unwrap_or(query_timeout);
         Self {
             pool,
             query_timeout,
+            searches: Arc::new(SearchSlots::new(slots, wait)),
         }
+    }
+
+    /// Lets at most `slots` text searches run at once (at least one); the others wait their
+    /// turn, in order, for as long as the pool's wait timeout.
+    #[must_use]
+    pub fn with_search_slots(mut self, slots: usize) -> Self {
+        let wait = self.pool.timeouts().wait.unwrap_or(self.query_timeout);
+        self.searches = Arc::new(SearchSlots::new(slots, wait));
+        self
     }
 
     /// The pool, for health reports and for closing it on shutdown.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The search slots' state, for `/metrics`.
+    pub fn search_slots(&self) -> SearchSlotsStatus {
+        self.searches.status()
     }
 
     async fn client(&self) -> Result<Object, RepoError> {
@@ -396,6 +418,13 @@ impl TaskRepository for PgTaskRepository {
         }
         params.push((&fetch, Type::INT8));
 
+        // Held until the rows are read: a search waits here, in order, while the slots are
+        // taken, rather than on a connection or on the database's CPU.
+        let _slot = if pattern.is_some() {
+            Some(self.searches.acquire().await?)
+        } else {
+            None
+        };
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.query_timeout, async {
             if pattern.is_some() {

@@ -806,3 +806,139 @@ async fn the_schema_refuses_what_the_domain_refuses_and_a_row_that_slips_by_is_u
         "{outcome:?}"
     );
 }
+
+/// Another session takes the whole table for itself: every statement on `tasks` waits behind
+/// it, on the server, until `ROLLBACK`.
+async fn lock_the_table(db: &TestDb) -> tokio_postgres::Client {
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    blocker
+}
+
+/// The statements of this database's sessions that wait on a lock, as the server sees them.
+async fn waiting_statements(db: &TestDb, observer: &tokio_postgres::Client) -> Vec<String> {
+    observer
+        .query(
+            "SELECT query FROM pg_stat_activity \
+             WHERE datname = $1 AND wait_event_type = 'Lock' ORDER BY query",
+            &[&db.name()],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Polls until `ready` holds of what waits on the server (or fails after 5 s).
+async fn until_waiting(
+    db: &TestDb,
+    observer: &tokio_postgres::Client,
+    ready: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let waiting = waiting_statements(db, observer).await;
+        if ready(&waiting) {
+            return waiting;
+        }
+        assert!(Instant::now() < deadline, "still waiting: {waiting:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_the_rest() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 4;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout)
+        .with_search_slots(1);
+    let wanted = create(&repo, "find the needle", Status::Todo).await;
+    let blocker = lock_the_table(&db).await;
+    let observer = db.client().await;
+
+    // Three searches at once: one takes the slot and a connection and waits on the server; the
+    // other two wait in the process, holding no connection.
+    let searches: Vec<_> = (0..3)
+        .map(|_| {
+            let repo = repo.clone();
+            tokio::spawn(async move { repo.list(&search("NEEDLE")).await })
+        })
+        .collect();
+    let waiting = until_waiting(&db, &observer, |w| !w.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while repo.search_slots().waiting < 2 {
+        assert!(Instant::now() < deadline, "{:?}", repo.search_slots());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let slots = repo.search_slots();
+    assert_eq!((slots.max, slots.running, slots.waiting), (1, 1, 2));
+    assert_eq!(waiting.len(), 1, "one search on the server: {waiting:?}");
+    assert!(waiting[0].contains("LIKE"), "{waiting:?}");
+
+    // A point read still gets a connection (it waits on the same lock, on the server).
+    let get = {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.get(wanted.id).await })
+    };
+    let waiting = until_waiting(&db, &observer, |w| w.len() == 2).await;
+    assert_eq!(
+        waiting.iter().filter(|q| q.contains("LIKE")).count(),
+        1,
+        "still one search on the server: {waiting:?}"
+    );
+    assert_eq!(repo.pool().status().size, 2);
+
+    // Once the lock goes, everything finishes, each search with the right answer.
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(get.await.unwrap().unwrap(), wanted);
+    for found in futures_util::future::join_all(searches).await {
+        assert_eq!(found.unwrap().unwrap().tasks, vec![wanted.clone()]);
+    }
+    let slots = repo.search_slots();
+    assert_eq!((slots.running, slots.waiting), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_that_waits_past_the_wait_timeout_for_a_slot_is_unavailable() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 4;
+    settings.wait_timeout = Duration::from_millis(200);
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout)
+        .with_search_slots(1);
+    let wanted = create(&repo, "find the needle", Status::Todo).await;
+    let blocker = lock_the_table(&db).await;
+    let observer = db.client().await;
+
+    let first = {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.list(&search("needle")).await })
+    };
+    until_waiting(&db, &observer, |w| w.len() == 1).await;
+
+    let started = Instant::now();
+    let second = repo.list(&search("needle")).await;
+    let took = started.elapsed();
+    match second {
+        Err(RepoError::Unavailable(why)) => {
+            assert_eq!(why.to_string(), "all 1 search slots stayed busy for 200 ms")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(took >= Duration::from_millis(200), "took {took:?}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // It never reached the server.
+    assert_eq!(waiting_statements(&db, &observer).await.len(), 1);
+
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap().tasks, vec![wanted.clone()]);
+    assert_eq!(
+        repo.list(&search("needle")).await.unwrap().tasks,
+        vec![wanted]
+    );
+}

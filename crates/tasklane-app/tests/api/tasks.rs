@@ -327,6 +327,13 @@ async fn metrics_count_requests_per_route_and_report_cache_pool_and_breaker() {
     assert_eq!(value("tasklane_cache_errors_total"), 0.0);
     assert!(value("tasklane_db_pool_max") >= 1.0);
     assert_eq!(value("tasklane_db_pool_waiting"), 0.0);
+    // Half the pool by default; nothing searched just now.
+    assert_eq!(
+        value("tasklane_db_search_slots"),
+        (value("tasklane_db_pool_max") / 2.0).floor().max(1.0)
+    );
+    assert_eq!(value("tasklane_db_searches_running"), 0.0);
+    assert_eq!(value("tasklane_db_searches_waiting"), 0.0);
     assert_eq!(
         value(r#"tasklane_cache_breaker_state{state="closed"}"#),
         1.0
