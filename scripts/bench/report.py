@@ -273,7 +273,10 @@ def write_markdown(path, rows, m):
         "same text, which none of the search words match, so a search must pass all of them to find "
         "its first match: the worst case for a search in list order, reported without a target.",
         "- *get one* reads random tasks of 100,000; *304* sends the task's or list's ETag in "
-        "`If-None-Match`. *update* and *delete* go through Redis too (each write bumps the generation).",
+        "`If-None-Match`. *update* and *delete* go through Redis too (each write bumps the generation). "
+        "The cached 3-row list, get one and their 304s are compared with each other, so each is "
+        "measured three times and the run with the median requests/s is shown (its latency and "
+        "CPU; the errors of all three runs and the highest peak RSS).",
         "- *90/10 mix*: nine cached-list reads for each PUT of one of the listed tasks, so writes keep "
         "invalidating the list the readers read; compared with the cached 3-row list, and with ten "
         "times the rate at which pgbench alone runs the PUT's UPDATE on the same 3 rows (with 10% "
