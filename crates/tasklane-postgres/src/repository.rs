@@ -195,8 +195,8 @@ fn list_sql(status: bool, search: bool, cursor: bool) -> String {
 /// asks the server to cancel it and discards the connection rather than return it to the pool
 /// with a statement possibly still running on it, and reports `Unavailable`.
 ///
-/// Text searches also take one of a few search slots first (see [`SearchSlots`]): by default
-/// half the pool, waited for as long as a connection is.
+/// Text searches also take one of a few search slots first (a bulkhead: see
+/// `search_slots.rs`): by default half the pool, waited for as long as a connection is.
 #[derive(Clone, Debug)]
 pub struct PgTaskRepository {
     pool: Pool,

@@ -1,6 +1,6 @@
 //! The list: order, keyset pages with `Link`, the status filter and text search.
 
-use crate::helpers::{body, header, id_of, spawn_app};
+use crate::helpers::{body, header, id_of, spawn_app, spawn_app_with, Options};
 use serde_json::{json, Value};
 
 /// Follows `rel="next"` links from `first` and returns every task seen, page by page.
@@ -136,4 +136,89 @@ async fn status_filter_and_search_combine_and_page() {
     assert!(pages.iter().flatten().all(|t| t["status"] == "todo"));
     let pages = walk(&app, "/api/tasks?q=names&limit=1").await;
     assert_eq!(pages.iter().flatten().count(), 2);
+}
+
+/// With one search slot taken by a search stuck on the server, another search is told 503 with
+/// `Retry-After` once the wait timeout is over, without ever reaching PostgreSQL, and
+/// `/metrics` shows the queue; the stuck one answers 200 once it can run.
+#[tokio::test]
+async fn a_search_past_its_slots_is_503_with_retry_after_and_the_running_one_completes() {
+    let app = spawn_app_with(Options {
+        redis_url: None,
+        extra: vec![
+            ("TASKLANE_DB_POOL_SIZE", "4".into()),
+            ("TASKLANE_DB_SEARCH_SLOTS", "1".into()),
+            ("TASKLANE_DB_WAIT_TIMEOUT_MS", "400".into()),
+        ],
+    })
+    .await;
+    let wanted = app.create("find the needle").await;
+    let blocker = app.db.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap_or_else(|e| panic!("lock: {e}"));
+
+    let stuck = {
+        let (client, url) = (app.client.clone(), app.url("/api/tasks?q=NEEDLE"));
+        tokio::spawn(async move { client.get(url).send().await })
+    };
+    // Until the server shows the search waiting on the lock.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let waiting: i64 = blocker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                 AND query LIKE '%LIKE%'",
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("pg_stat_activity: {e}"))
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the search never reached the server"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let res = app.get("/api/tasks?q=needle").await;
+    let took = started.elapsed();
+    assert_eq!(res.status(), 503);
+    assert_eq!(header(&res, "retry-after").as_deref(), Some("1"));
+    assert_eq!(body(res).await["code"], "unavailable");
+    assert!(
+        took >= std::time::Duration::from_millis(400),
+        "took {took:?}"
+    );
+    assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+
+    let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+    assert!(
+        metrics.contains("\ntasklane_db_search_slots 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("\ntasklane_db_searches_running 1\n"),
+        "{metrics}"
+    );
+
+    // Once the lock goes, the search that held the slot answers, and the slot is free again.
+    blocker
+        .batch_execute("ROLLBACK")
+        .await
+        .unwrap_or_else(|e| panic!("unlock: {e}"));
+    let res = stuck
+        .await
+        .unwrap_or_else(|e| panic!("join: {e}"))
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    assert_eq!(res.status(), 200);
+    let found: Value = res.json().await.unwrap_or_else(|e| panic!("json: {e}"));
+    assert_eq!(found, json!([wanted]));
+    assert_eq!(app.list("&q=needle").await, vec![wanted]);
 }
