@@ -310,6 +310,16 @@ stop_tasklane() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 CLK_TCK=$(getconf CLK_TCK)
 
+# median_by_rps LINE...: of wrk's "BENCH requests=... duration_us=..." lines (any fields may
+# follow), the one with the median requests/s (the upper middle of an even count).
+median_by_rps() {
+  local line
+  for line in "$@"; do
+    awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+           printf "%.3f %s\n", f["requests"] * 1e6 / f["duration_us"], $0 }' <<<"$line"
+  done | sort -n | sed -n "$(( $# / 2 + 1 ))p" | cut -d' ' -f2-
+}
+
 # run_wrk ID SCRIPT PATH [script args...]: a warm-up, then the measured run, against the tasklane
 # running now; records requests/s, latency, errors, its CPU time and its peak RSS (VmHWM, reset
 # before the run through /proc/PID/clear_refs).
@@ -339,12 +349,8 @@ run_wrk() {
     line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "$id: wrk reported nothing"; }
     measured+=("$line cpu_ticks=$(( after - before )) hwm_kib=$hwm")
   done
-  # requests/s, then the whole line, sorted; the middle one (or the only one) wins.
   local pick worst_hwm sums cpu bench
-  pick=$(for line in "${measured[@]}"; do
-    awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-           printf "%.3f %s\n", f["requests"] * 1e6 / f["duration_us"], $0 }' <<<"$line"
-  done | sort -n | sed -n "$(( (runs + 1) / 2 ))p" | cut -d' ' -f2-)
+  pick=$(median_by_rps "${measured[@]}")
   worst_hwm=$(printf '%s\n' "${measured[@]}" | grep -o 'hwm_kib=[0-9]*' | cut -d= -f2 | sort -n | tail -1)
   # Errors of every run count: a median must not hide them.
   sums=$(printf '%s\n' "${measured[@]}" | awk '{ for (i = 2; i <= NF; i++) { split($i, kv, "=")
@@ -429,10 +435,7 @@ NGINX
     runs+=("$(BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --timeout 5s \
       -s "$ROOT/scripts/bench/get.lua" "$url" | grep '^BENCH ')")
   done
-  out=$(for run in "${runs[@]}"; do
-    awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-           printf "%.3f %s\n", f["requests"] * 1e6 / f["duration_us"], $0 }' <<<"$run"
-  done | sort -n | sed -n 2p | cut -d' ' -f2-)
+  out=$(median_by_rps "${runs[@]}")
   record "$id" limit "$out" >>"$RESULTS"
 }
 

@@ -207,21 +207,23 @@ pub struct PgTaskRepository {
 impl PgTaskRepository {
     pub fn new(pool: Pool, query_timeout: Duration) -> Self {
         let slots = default_search_slots(pool.status().max_size);
+        Self::with_slots(pool, query_timeout, slots)
+    }
+
+    /// Lets at most `slots` text searches run at once (at least one); the others wait their
+    /// turn, in order, for as long as the pool's wait timeout.
+    #[must_use]
+    pub fn with_search_slots(self, slots: usize) -> Self {
+        Self::with_slots(self.pool, self.query_timeout, slots)
+    }
+
+    fn with_slots(pool: Pool, query_timeout: Duration, slots: usize) -> Self {
         let wait = pool.timeouts().wait.unwrap_or(query_timeout);
         Self {
             pool,
             query_timeout,
             searches: Arc::new(SearchSlots::new(slots, wait)),
         }
-    }
-
-    /// Lets at most `slots` text searches run at once (at least one); the others wait their
-    /// turn, in order, for as long as the pool's wait timeout.
-    #[must_use]
-    pub fn with_search_slots(mut self, slots: usize) -> Self {
-        let wait = self.pool.timeouts().wait.unwrap_or(self.query_timeout);
-        self.searches = Arc::new(SearchSlots::new(slots, wait));
-        self
     }
 
     /// The pool, for health reports and for closing it on shutdown.

@@ -114,6 +114,7 @@ impl Drop for Waiting<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[test]
     fn half_the_pool_by_default_and_never_none() {
@@ -140,7 +141,7 @@ mod tests {
         // A third waits, and gets the slot the moment one is given back.
         let third = slots.acquire();
         tokio::pin!(third);
-        assert!(futures_poll_once(third.as_mut()).await.is_none());
+        assert!(third.as_mut().now_or_never().is_none());
         assert_eq!(slots.status().waiting, 1);
         drop(first);
         let third = third.await.unwrap();
@@ -170,7 +171,7 @@ mod tests {
         {
             let waiter = slots.acquire();
             tokio::pin!(waiter);
-            assert!(futures_poll_once(waiter.as_mut()).await.is_none());
+            assert!(waiter.as_mut().now_or_never().is_none());
             assert_eq!(slots.status().waiting, 1);
         }
         assert_eq!(slots.status().waiting, 0);
@@ -179,17 +180,5 @@ mod tests {
     #[test]
     fn zero_slots_means_one() {
         assert_eq!(SearchSlots::new(0, Duration::from_secs(1)).status().max, 1);
-    }
-
-    /// Polls a future once: `Some` with its output if it finished, `None` if it is pending.
-    async fn futures_poll_once<F: std::future::Future + Unpin>(f: F) -> Option<F::Output> {
-        let mut f = f;
-        std::future::poll_fn(|cx| {
-            std::task::Poll::Ready(match std::pin::Pin::new(&mut f).poll(cx) {
-                std::task::Poll::Ready(v) => Some(v),
-                std::task::Poll::Pending => None,
-            })
-        })
-        .await
     }
 }

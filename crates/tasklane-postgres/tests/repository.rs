@@ -703,26 +703,7 @@ async fn a_statement_blocked_past_the_query_timeout_is_unavailable_and_cancelled
 
     // The server stops waiting too: the UPDATE was cancelled, not left queued behind the lock
     // to land once it is released.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting: i64 = blocker
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if waiting == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the UPDATE is still waiting on the server"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_waiting(&db, &blocker, <[String]>::is_empty).await;
     blocker.batch_execute("ROLLBACK").await.unwrap();
 
     assert_eq!(impatient.get(task.id).await.unwrap(), task);
