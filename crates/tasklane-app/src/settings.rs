@@ -254,6 +254,15 @@ impl Settings {
         }
     }
 
+    /// The HTTP worker threads: as set, or one per core (actix-web's own default). The
+    /// PostgreSQL pool has a shard for each.
+    pub fn http_workers(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
+        }
+    }
+
     pub fn body_timeout(&self) -> Duration {
         Duration::from_millis(self.body_timeout_ms)
     }

@@ -137,6 +137,7 @@ fn pg_settings(settings: &Settings) -> Result<PgSettings, StartupError> {
     Ok(PgSettings {
         url: url.expose_secret().to_owned(),
         pool_size: settings.db_pool_size,
+        shards: settings.http_workers(),
         wait_timeout: Duration::from_millis(settings.db_wait_timeout_ms),
         connect_timeout: Duration::from_millis(settings.db_connect_timeout_ms),
         recycle_timeout: Duration::from_millis(settings.db_wait_timeout_ms),
@@ -373,6 +374,8 @@ impl Application {
     /// When the listen address cannot be bound.
     pub fn with_wiring(settings: Settings, wiring: Wiring) -> Result<Self, StartupError> {
         let service = wiring.service;
+        // Each worker claims a shard of the PostgreSQL pool as it starts (`pool.rs`).
+        let pg_pool = wiring.postgres.as_ref().map(|repo| repo.pool().clone());
         let pool_probe = wiring.postgres.map(|repo| {
             Box::new(move || {
                 let status = repo.pool().status();
@@ -417,6 +420,10 @@ impl Application {
         let origins = settings.cors_origins();
         let data = web::Data::new(state.clone());
         let mut server = HttpServer::new(move || {
+            // Runs once on each worker thread as it starts.
+            if let Some(pool) = &pg_pool {
+                pool.claim_thread();
+            }
             App::new()
                 .app_data(data.clone())
                 .app_data(metrics.clone())
@@ -437,9 +444,7 @@ impl Application {
         .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
         .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
         .shutdown_timeout(settings.shutdown_timeout_secs);
-        if settings.workers > 0 {
-            server = server.workers(settings.workers);
-        }
+        server = server.workers(settings.http_workers());
         let server = server
             .listen(listener)
             .map_err(|source| StartupError::Bind {

@@ -1,5 +1,5 @@
 //! Tasklane's PostgreSQL adapter: the [`TaskRepository`](tasklane_domain::TaskRepository) port on
-//! tokio-postgres and a deadpool pool, and the schema migrations embedded from
+//! tokio-postgres and a pool of deadpool pools, one per worker thread (`pool.rs`), and the schema migrations embedded from
 //! `migrations/postgres/`.
 //!
 //! Start-up is [`build_pool`] (makes no connection), then [`migrate`], then
@@ -9,12 +9,13 @@
 
 mod errors;
 mod migrate;
+mod pool;
 mod repository;
 mod search_slots;
 mod settings;
 
-pub use deadpool_postgres::Pool;
 pub use migrate::{migrate, migrations, schema_fingerprint, MigrateError, Migration};
+pub use pool::{Client, Pool, PoolStatus};
 pub use repository::PgTaskRepository;
 pub use search_slots::{default_search_slots, SearchSlotsStatus};
 pub use settings::{build_pool, PgSettings, SetupError};

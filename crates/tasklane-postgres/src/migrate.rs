@@ -1,7 +1,8 @@
 //! Schema migrations: the SQL files of `migrations/postgres/`, embedded in the binary and applied
 //! in order, once each, under an advisory lock so that several replicas may start at once.
 
-use deadpool_postgres::{Object, Pool, PoolError};
+use crate::pool::{Client, Pool};
+use deadpool_postgres::PoolError;
 use sha2::{Digest, Sha256};
 use std::fmt::Write as _;
 
@@ -132,7 +133,7 @@ impl From<tokio_postgres::Error> for MigrateError {
 #[tracing::instrument(skip(pool))]
 pub async fn migrate(pool: &Pool) -> Result<usize, MigrateError> {
     let object = pool.get().await.map_err(MigrateError::Connect)?;
-    let mut client = Object::take(object);
+    let mut client = Client::take(object);
 
     client
         .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")

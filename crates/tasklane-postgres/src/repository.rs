@@ -1,10 +1,11 @@
 //! [`PgTaskRepository`]: the `TaskRepository` port on PostgreSQL.
 
 use crate::errors::{self, InvalidRow, QueryTimeout};
+use crate::pool::{Client, Pool};
 use crate::search_slots::{default_search_slots, SearchSlots, SearchSlotsStatus};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
-use deadpool_postgres::{Object, Pool, Transaction};
+use deadpool_postgres::Transaction;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tasklane_domain::{
@@ -236,7 +237,7 @@ impl PgTaskRepository {
         self.searches.status()
     }
 
-    async fn client(&self) -> Result<Object, RepoError> {
+    async fn client(&self) -> Result<Client, RepoError> {
         self.pool.get().await.map_err(errors::from_pool)
     }
 
@@ -245,7 +246,7 @@ impl PgTaskRepository {
     /// background, bounded too), and the connection is detached from the pool and closed.
     fn settle<T>(
         &self,
-        client: Object,
+        client: Client,
         outcome: Result<Result<T, tokio_postgres::Error>, Elapsed>,
     ) -> Result<T, RepoError> {
         match outcome {
@@ -265,7 +266,7 @@ impl PgTaskRepository {
                         tracing::warn!(error = %e, "could not cancel a timed-out query");
                     }
                 });
-                drop(Object::take(client));
+                drop(Client::take(client));
                 Err(RepoError::Unavailable(Box::new(QueryTimeout(
                     self.query_timeout,
                 ))))

@@ -1,10 +1,10 @@
 //! The adapter's settings and the connection pool built from them.
 
 use crate::errors::QueryTimeout;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use crate::pool::Pool;
+use deadpool_postgres::{Manager, ManagerConfig, RecyclingMethod, Runtime, Timeouts};
 use std::fmt;
 use std::time::Duration;
-use tokio_postgres::NoTls;
 
 /// What the adapter needs to reach PostgreSQL. The app fills it from its own settings.
 #[derive(Clone)]
@@ -14,6 +14,9 @@ pub struct PgSettings {
     pub url: String,
     /// The most connections the pool opens.
     pub pool_size: usize,
+    /// How many shards the pool is split into: one per HTTP worker thread, each of which claims
+    /// its own (see `pool.rs`). 1 is one plain pool; more than `pool_size` counts as `pool_size`.
+    pub shards: usize,
     /// How long a caller waits for a free connection when all are in use.
     pub wait_timeout: Duration,
     /// How long opening a new connection (TCP, start-up, authentication) may take.
@@ -30,6 +33,7 @@ impl fmt::Debug for PgSettings {
         f.debug_struct("PgSettings")
             .field("url", &"<redacted>")
             .field("pool_size", &self.pool_size)
+            .field("shards", &self.shards)
             .field("wait_timeout", &self.wait_timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("recycle_timeout", &self.recycle_timeout)
@@ -83,24 +87,29 @@ pub fn build_pool(s: &PgSettings) -> Result<Pool, SetupError> {
         pg.options(options);
     }
 
-    let manager = Manager::from_config(
-        pg,
-        NoTls,
-        ManagerConfig {
-            // Only `is_closed()` on reuse: no round trip per checkout. A connection broken since
-            // fails its next query, which maps to `Unavailable`; a query timeout discards its
-            // connection outright.
-            recycling_method: RecyclingMethod::Fast,
-        },
-    );
-    Pool::builder(manager)
-        .max_size(s.pool_size)
-        .wait_timeout(Some(s.wait_timeout))
-        .create_timeout(Some(s.connect_timeout))
-        .recycle_timeout(Some(s.recycle_timeout))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(SetupError::Build)
+    let timeouts = Timeouts {
+        wait: Some(s.wait_timeout),
+        create: Some(s.connect_timeout),
+        recycle: Some(s.recycle_timeout),
+    };
+    Pool::new(s.pool_size, s.shards, timeouts, |size, connect| {
+        let manager = Manager::from_connect(
+            pg.clone(),
+            connect,
+            ManagerConfig {
+                // Only `is_closed()` on reuse: no round trip per checkout. A connection broken
+                // since fails its next query, which maps to `Unavailable`; a query timeout
+                // discards its connection outright.
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        deadpool_postgres::Pool::builder(manager)
+            .max_size(size)
+            .timeouts(timeouts)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(SetupError::Build)
+    })
 }
 
 /// Names what is wrong with a URL without echoing any of it. tokio-postgres's own messages may
@@ -135,6 +144,7 @@ mod tests {
         PgSettings {
             url: url.to_owned(),
             pool_size: 2,
+            shards: 1,
             wait_timeout: Duration::from_millis(100),
             connect_timeout: Duration::from_millis(100),
             recycle_timeout: Duration::from_millis(100),

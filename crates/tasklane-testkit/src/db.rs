@@ -62,6 +62,8 @@ pub fn pg_settings(url: impl Into<String>) -> PgSettings {
     PgSettings {
         url: url.into(),
         pool_size: 4,
+        // Two shards, as on a two-core server: every test goes through the sharded pool.
+        shards: 2,
         wait_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
         recycle_timeout: Duration::from_secs(2),
