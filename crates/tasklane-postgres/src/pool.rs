@@ -16,6 +16,7 @@
 //! to open one, in some shard: a connection goes back to its shard before its permit is
 //! released, so the connections checked out never outnumber the permits held.
 
+use crate::search_slots::Waiting;
 use deadpool_postgres::{ClientWrapper, Connect, Object, PoolError, Timeouts};
 use std::cell::RefCell;
 use std::future::Future;
@@ -247,22 +248,6 @@ impl Pool {
         for shard in &self.inner.shards {
             shard.close();
         }
-    }
-}
-
-/// Counts a caller among the waiting for as long as it waits, however the wait ends.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl<'a> Waiting<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
-        count.fetch_add(1, Ordering::Relaxed);
-        Self(count)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

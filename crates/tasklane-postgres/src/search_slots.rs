@@ -95,11 +95,11 @@ impl SearchSlots {
 }
 
 /// Counts a waiting caller for as long as it waits, also when its request is dropped mid-wait
-/// (a client that hangs up).
-struct Waiting<'a>(&'a AtomicUsize);
+/// (a client that hangs up). The pool counts its waiters with it too.
+pub(crate) struct Waiting<'a>(&'a AtomicUsize);
 
 impl<'a> Waiting<'a> {
-    fn enter(count: &'a AtomicUsize) -> Self {
+    pub(crate) fn enter(count: &'a AtomicUsize) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Self(count)
     }

@@ -23,6 +23,12 @@ async fn take_all(pool: &Pool, n: usize) -> Vec<Client> {
     held
 }
 
+/// A caller asking for a connection, and keeping it, in a task of its own.
+fn waiter(pool: &Pool) -> tokio::task::JoinHandle<Result<Client, PoolError>> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.get().await })
+}
+
 /// Waits (bounded) until `n` callers wait for a connection.
 async fn until_waiting(pool: &Pool, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -101,16 +107,9 @@ async fn a_waiter_gets_a_connection_coming_back_to_any_shard_in_arrival_order() 
     let pool = pool(&db, 4, 2, Duration::from_secs(5)).await;
     let mut held = take_all(&pool, 4).await;
 
-    // The waiters keep what they get.
-    let first = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await }
-    });
+    let first = waiter(&pool);
     until_waiting(&pool, 1).await;
-    let second = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await }
-    });
+    let second = waiter(&pool);
     until_waiting(&pool, 2).await;
 
     // One connection of shard 1 comes back: the first waiter gets it, the second still waits.
@@ -133,18 +132,15 @@ async fn a_connection_taken_out_for_good_makes_room_for_a_new_one_in_its_shard()
     let db = TestDb::new().await;
     let pool = pool(&db, 2, 2, Duration::from_secs(5)).await;
     let mut held = take_all(&pool, 2).await;
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(|c| c.shard()) }
-    });
+    let waiting = waiter(&pool);
     until_waiting(&pool, 1).await;
 
     let taken = held.pop().unwrap();
     let shard = taken.shard();
     let kept = Client::take(taken);
-    assert_eq!(waiter.await.unwrap().unwrap(), shard);
+    assert_eq!(waiting.await.unwrap().unwrap().shard(), shard);
     // The one taken out is no longer the pool's (which holds the other and the waiter's new
-    // one), and still works.
+    // one, back in the pool now), and still works.
     kept.simple_query("SELECT 1").await.unwrap();
     let status = pool.status();
     assert_eq!((status.size, status.available), (2, 1));
@@ -155,13 +151,10 @@ async fn closing_the_pool_ends_the_wait() {
     let db = TestDb::new().await;
     let pool = pool(&db, 2, 2, Duration::from_secs(30)).await;
     let _held = take_all(&pool, 2).await;
-    let waiter = tokio::spawn({
-        let pool = pool.clone();
-        async move { pool.get().await.map(|c| c.shard()) }
-    });
+    let waiting = waiter(&pool);
     until_waiting(&pool, 1).await;
     pool.close();
-    let outcome = tokio::time::timeout(Duration::from_secs(5), waiter)
+    let outcome = tokio::time::timeout(Duration::from_secs(5), waiting)
         .await
         .unwrap()
         .unwrap();
