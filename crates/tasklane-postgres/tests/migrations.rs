@@ -152,8 +152,9 @@ async fn a_migration_recorded_by_a_newer_release_is_tolerated() {
 }
 
 /// An upgrade: a database at the previous release's schema (0001-0002), holding tasks, is
-/// migrated by this build. Only 0003 runs, and it fills the lower-cased copies of the tasks that
-/// were already there, so that searching them works at once (and still matches what ILIKE does).
+/// migrated by this build. Only 0003 and 0004 run; 0003 fills the lower-cased copies of the tasks
+/// that were already there, so that searching them works at once (and still matches what ILIKE
+/// does).
 #[tokio::test]
 async fn upgrading_a_database_with_tasks_lets_search_find_them() {
     let db = TestDb::empty().await;
@@ -184,7 +185,11 @@ async fn upgrading_a_database_with_tasks_lets_search_find_them() {
         .await
         .unwrap();
 
-    assert_eq!(migrate(&db.pool().await).await.unwrap(), 1, "only 0003");
+    assert_eq!(
+        migrate(&db.pool().await).await.unwrap(),
+        2,
+        "only 0003 and 0004"
+    );
     assert_eq!(ledger(&db).await, embedded());
 
     let repo = PgTaskRepository::new(db.pool().await, db.settings().query_timeout);

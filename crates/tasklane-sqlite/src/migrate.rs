@@ -47,6 +47,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0003_search_folded",
         sql: include_str!("../../../migrations/sqlite/0003_search_folded.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_list_index_carries_folded_texts",
+        sql: include_str!("../../../migrations/sqlite/0004_list_index_carries_folded_texts.sql"),
+    },
 ];
 
 /// The embedded migrations, in order.
