@@ -433,6 +433,15 @@ mod tests {
     }
 
     #[test]
+    fn http_workers_are_as_set_or_one_per_core() {
+        let set = load(&[("TASKLANE_WORKERS", "3")]).map(|s| s.http_workers());
+        assert_eq!(set.ok(), Some(3));
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let default = load(&[]).map(|s| s.http_workers());
+        assert_eq!(default.ok(), Some(cores));
+    }
+
+    #[test]
     fn search_slots_are_half_the_pool_unless_set_and_never_more_than_the_pool() {
         let slots = |vars: &[(&str, &str)]| load(vars).map(|s| s.search_slots());
         assert_eq!(slots(&[]).ok(), Some(4));

@@ -113,10 +113,8 @@ impl Pool {
     /// for one. Called by each HTTP worker, on its runtime, as it starts. Idle connections of
     /// that shard opened before (by start-up, on another thread) are closed, to be reopened
     /// here when needed. A thread that claims nothing (start-up, tests) takes from the shard
-    /// with the most idle connections.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime.
+    /// with the most idle connections. Outside a tokio runtime, the thread takes its shard's
+    /// connections first but cannot be their home.
     pub fn claim_thread(&self) {
         let inner = &self.inner;
         let shard = inner.next_claim.fetch_add(1, Ordering::Relaxed) % inner.shards.len();
@@ -125,7 +123,7 @@ impl Pool {
             claims.retain(|(pool, _)| *pool != inner.id);
             claims.push((inner.id, shard));
         });
-        inner.homes[shard].set(Some(Handle::current()));
+        inner.homes[shard].set(Handle::try_current().ok());
         inner.shards[shard].retain(|_, _| false);
     }
 
