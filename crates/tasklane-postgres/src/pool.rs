@@ -335,7 +335,8 @@ impl Connect for HomeConnect {
                 let task = home.spawn(async move {
                     match there.connect(NoTls).await {
                         Ok((client, connection)) => {
-                            // Nobody waits for it any more (the create timed out): close it.
+                            // When nobody waits for it any more (the create timed out), the
+                            // connection is dropped here, which closes it.
                             if opened.send(Ok(client)).is_ok() {
                                 drive(connection).await;
                             }

@@ -807,19 +807,28 @@ mod tests {
                     .join("\n")
             };
 
+            // The plan with one of the planner's methods turned off.
+            let explain_without = |method: &'static str| {
+                let (client, explain) = (&client, &explain);
+                async move {
+                    client
+                        .batch_execute(&format!("SET {method} = off"))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    let plan = explain().await;
+                    client
+                        .batch_execute(&format!("RESET {method}"))
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    plan
+                }
+            };
+
             let plan = explain().await;
             assert!(!plan.contains("Seq Scan"), "{sql}\n{plan}");
             if by_search && !by_status {
                 // Walking the list in order, a search tests the texts on the index alone.
-                client
-                    .batch_execute("SET enable_bitmapscan = off")
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let walk = explain().await;
-                client
-                    .batch_execute("RESET enable_bitmapscan")
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let walk = explain_without("enable_bitmapscan").await;
                 assert!(
                     walk.contains("Index Only Scan using tasks_created_id_idx"),
                     "{sql}\n{walk}"
@@ -837,15 +846,7 @@ mod tests {
             } else if !by_status && !after {
                 // Make the ordered index scan unattractive too: the text search must be able to
                 // use the trigram indexes on both columns.
-                client
-                    .batch_execute("SET enable_indexscan = off")
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let plan = explain().await;
-                client
-                    .batch_execute("RESET enable_indexscan")
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
+                let plan = explain_without("enable_indexscan").await;
                 assert!(
                     plan.contains("tasks_title_folded_trgm_idx"),
                     "{sql}\n{plan}"
