@@ -268,3 +268,20 @@ async fn a_shards_connections_live_on_the_thread_that_claimed_it_while_it_runs()
     }
     assert_eq!(pool.status().size, 2);
 }
+
+/// A thread outside any runtime may claim a shard (an unexpected caller of the server's factory
+/// must not kill a worker): it is served from that shard first, and the shard's connections are
+/// opened on their callers' runtimes.
+#[tokio::test]
+async fn a_thread_outside_any_runtime_can_claim_a_shard() {
+    let db = TestDb::new().await;
+    let pool = pool(&db, 2, 2, Duration::from_secs(5)).await;
+    let claimer = pool.clone();
+    std::thread::spawn(move || claimer.claim_thread())
+        .join()
+        .expect("claiming outside a runtime does not panic");
+    let held = take_all(&pool, 2).await;
+    for client in &held {
+        client.simple_query("SELECT 1").await.unwrap();
+    }
+}
