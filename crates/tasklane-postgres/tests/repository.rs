@@ -703,7 +703,7 @@ async fn a_statement_blocked_past_the_query_timeout_is_unavailable_and_cancelled
 
     // The server stops waiting too: the UPDATE was cancelled, not left queued behind the lock
     // to land once it is released.
-    until_waiting(&db, &blocker, <[String]>::is_empty).await;
+    db.until_lock_waits(<[String]>::is_empty).await;
     blocker.batch_execute("ROLLBACK").await.unwrap();
 
     assert_eq!(impatient.get(task.id).await.unwrap(), task);
@@ -799,38 +799,6 @@ async fn lock_the_table(db: &TestDb) -> tokio_postgres::Client {
     blocker
 }
 
-/// The statements of this database's sessions that wait on a lock, as the server sees them.
-async fn waiting_statements(db: &TestDb, observer: &tokio_postgres::Client) -> Vec<String> {
-    observer
-        .query(
-            "SELECT query FROM pg_stat_activity \
-             WHERE datname = $1 AND wait_event_type = 'Lock' ORDER BY query",
-            &[&db.name()],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-}
-
-/// Polls until `ready` holds of what waits on the server (or fails after 5 s).
-async fn until_waiting(
-    db: &TestDb,
-    observer: &tokio_postgres::Client,
-    ready: impl Fn(&[String]) -> bool,
-) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let waiting = waiting_statements(db, observer).await;
-        if ready(&waiting) {
-            return waiting;
-        }
-        assert!(Instant::now() < deadline, "still waiting: {waiting:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_the_rest() {
     let db = TestDb::new().await;
@@ -840,7 +808,6 @@ async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_
         .with_search_slots(1);
     let wanted = create(&repo, "find the needle", Status::Todo).await;
     let blocker = lock_the_table(&db).await;
-    let observer = db.client().await;
 
     // Three searches at once: one takes the slot and a connection and waits on the server; the
     // other two wait in the process, holding no connection.
@@ -850,7 +817,7 @@ async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_
             tokio::spawn(async move { repo.list(&search("NEEDLE")).await })
         })
         .collect();
-    let waiting = until_waiting(&db, &observer, |w| !w.is_empty()).await;
+    let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while repo.search_slots().waiting < 2 {
         assert!(Instant::now() < deadline, "{:?}", repo.search_slots());
@@ -866,7 +833,7 @@ async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_
         let repo = repo.clone();
         tokio::spawn(async move { repo.get(wanted.id).await })
     };
-    let waiting = until_waiting(&db, &observer, |w| w.len() == 2).await;
+    let waiting = db.until_lock_waits(|w| w.len() == 2).await;
     assert_eq!(
         waiting.iter().filter(|q| q.contains("LIKE")).count(),
         1,
@@ -894,13 +861,12 @@ async fn a_search_that_waits_past_the_wait_timeout_for_a_slot_is_unavailable() {
         .with_search_slots(1);
     let wanted = create(&repo, "find the needle", Status::Todo).await;
     let blocker = lock_the_table(&db).await;
-    let observer = db.client().await;
 
     let first = {
         let repo = repo.clone();
         tokio::spawn(async move { repo.list(&search("needle")).await })
     };
-    until_waiting(&db, &observer, |w| w.len() == 1).await;
+    db.until_lock_waits(|w| w.len() == 1).await;
 
     let started = Instant::now();
     let second = repo.list(&search("needle")).await;
@@ -914,7 +880,7 @@ async fn a_search_that_waits_past_the_wait_timeout_for_a_slot_is_unavailable() {
     assert!(took >= Duration::from_millis(200), "took {took:?}");
     assert!(took < Duration::from_secs(2), "took {took:?}");
     // It never reached the server.
-    assert_eq!(waiting_statements(&db, &observer).await.len(), 1);
+    assert_eq!(db.lock_waits().await.len(), 1);
 
     blocker.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(first.await.unwrap().unwrap().tasks, vec![wanted.clone()]);

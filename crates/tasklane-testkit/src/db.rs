@@ -160,6 +160,54 @@ impl TestDb {
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
+
+    /// The statements of this database's sessions that wait on a lock, as the server sees them
+    /// now, sorted.
+    ///
+    /// # Panics
+    /// When it cannot connect.
+    pub async fn lock_waits(&self) -> Vec<String> {
+        lock_waits(&connect(&self.url).await).await
+    }
+
+    /// Polls (every 20 ms, for at most 5 s, then panics) [`TestDb::lock_waits`] until `ready`
+    /// holds of them, and returns them.
+    ///
+    /// # Panics
+    /// When it cannot connect, or `ready` still does not hold after 5 s.
+    pub async fn until_lock_waits(&self, ready: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let observer = connect(&self.url).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let waiting = lock_waits(&observer).await;
+            if ready(&waiting) {
+                return waiting;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still waiting on locks: {waiting:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// What waits on a lock in `observer`'s database. `observer` must not be in a transaction (the
+/// session holding the lock is): inside one, `pg_stat_activity` is a snapshot taken at its first
+/// read, so a statement that starts waiting later would never show.
+async fn lock_waits(observer: &Client) -> Vec<String> {
+    observer
+        .query(
+            "SELECT query FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             ORDER BY query",
+            &[],
+        )
+        .await
+        .expect("read pg_stat_activity")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
 }
 
 impl TestDb {

@@ -164,27 +164,11 @@ async fn a_search_past_its_slots_is_503_with_retry_after_and_the_running_one_com
         tokio::spawn(async move { client.get(url).send().await })
     };
     // Until the server shows the search waiting on the lock.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let waiting: i64 = blocker
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                 AND query LIKE '%LIKE%'",
-                &[],
-            )
-            .await
-            .unwrap_or_else(|e| panic!("pg_stat_activity: {e}"))
-            .get(0);
-        if waiting == 1 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the search never reached the server"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let waiting = app.db.until_lock_waits(|w| !w.is_empty()).await;
+    assert!(
+        waiting.len() == 1 && waiting[0].contains("LIKE"),
+        "{waiting:?}"
+    );
 
     let started = std::time::Instant::now();
     let res = app.get("/api/tasks?q=needle").await;
@@ -197,6 +181,11 @@ async fn a_search_past_its_slots_is_503_with_retry_after_and_the_running_one_com
         "took {took:?}"
     );
     assert!(took < std::time::Duration::from_secs(3), "took {took:?}");
+    assert_eq!(
+        app.db.lock_waits().await,
+        waiting,
+        "it never reached PostgreSQL"
+    );
 
     let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
     assert!(
