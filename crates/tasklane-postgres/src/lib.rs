@@ -13,6 +13,7 @@ mod pool;
 mod repository;
 mod search_slots;
 mod settings;
+mod trigrams;
 
 pub use migrate::{migrate, migrations, schema_fingerprint, MigrateError, Migration};
 pub use pool::{Client, Pool, PoolStatus};

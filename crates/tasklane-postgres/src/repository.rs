@@ -3,6 +3,7 @@
 use crate::errors::{self, InvalidRow, QueryTimeout};
 use crate::pool::{Client, Pool};
 use crate::search_slots::{default_search_slots, SearchSlots, SearchSlotsStatus};
+use crate::trigrams::{Samples, TrigramSample};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use deadpool_postgres::Transaction;
@@ -132,24 +133,50 @@ const UPDATE_IF_VERSION: &str = update_sql!(" AND version = $5");
 const DELETE: &str = "DELETE FROM tasks WHERE id = $1";
 const DELETE_IF_VERSION: &str = "DELETE FROM tasks WHERE id = $1 AND version = $2";
 
+/// About 2,000 tasks' texts, whatever the size of the table (`SYSTEM` sampling reads whole pages
+/// at random: a few dozen pages, not the table), for `trigrams.rs`. Until the table has been
+/// analyzed `reltuples` is -1, and the whole table (up to the limit) is read.
+const SAMPLE_TEXTS: &str = "SELECT title_folded, description_folded FROM tasks \
+     TABLESAMPLE SYSTEM ((SELECT LEAST(100, 2000 * 100.0 / GREATEST(reltuples, 1)) \
+     FROM pg_class WHERE oid = 'tasks'::regclass)::real) LIMIT 4000";
+
 /// At most 3 statuses × 16 shards rows, whatever the number of tasks.
 const COUNTS: &str = "SELECT status, SUM(n)::BIGINT FROM task_status_counts GROUP BY status";
 
-/// The list statements, one per combination of filters, indexed by [`list_sql_index`]. Only
-/// these eight texts exist, so each is prepared once per connection and kept in its statement
-/// cache.
-static LIST_SQL: LazyLock<[String; 8]> =
-    LazyLock::new(|| std::array::from_fn(|i| list_sql(i & 1 != 0, i & 2 != 0, i & 4 != 0)));
+/// How a list is searched, if it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SearchBy {
+    No,
+    /// By the whole text, as a `LIKE` pattern the trigram indexes look up.
+    Pattern,
+    /// The trigram indexes look up one rare word of the text (a `LIKE` pattern), and each row
+    /// found is checked for the whole text (`strpos`, which no index serves, so the planner
+    /// cannot bring the text's common trigrams back into the lookup): see `trigrams.rs`.
+    Probe,
+}
 
-fn list_sql_index(status: bool, search: bool, cursor: bool) -> usize {
-    usize::from(status) | usize::from(search) << 1 | usize::from(cursor) << 2
+const SEARCHES: [SearchBy; 3] = [SearchBy::No, SearchBy::Pattern, SearchBy::Probe];
+
+/// The list statements, one per combination of filters, indexed by [`list_sql_index`]. Only
+/// these twelve texts exist; the unsearched ones are prepared once per connection and kept in
+/// its statement cache.
+static LIST_SQL: LazyLock<[String; 12]> =
+    LazyLock::new(|| std::array::from_fn(|i| list_sql(i % 2 == 1, SEARCHES[i / 2 % 3], i >= 6)));
+
+fn list_sql_index(status: bool, search: SearchBy, cursor: bool) -> usize {
+    let search = match search {
+        SearchBy::No => 0,
+        SearchBy::Pattern => 1,
+        SearchBy::Probe => 2,
+    };
+    usize::from(status) + 2 * search + 6 * usize::from(cursor)
 }
 
 /// The list statement for one combination of filters. The parameters, in order: the status if
-/// filtered, the search pattern if any, the cursor's `created_at` and `id` if any, then the row
-/// limit.
-fn list_sql(status: bool, search: bool, cursor: bool) -> String {
-    let mut conditions = Vec::with_capacity(3);
+/// filtered; the search pattern if searched by pattern, or the probe's pattern and the search
+/// text if by probe; the cursor's `created_at` and `id` if any; then the row limit.
+fn list_sql(status: bool, search: SearchBy, cursor: bool) -> String {
+    let mut conditions = Vec::with_capacity(4);
     let mut n = 0;
     let mut next = || {
         n += 1;
@@ -158,17 +185,32 @@ fn list_sql(status: bool, search: bool, cursor: bool) -> String {
     if status {
         conditions.push(format!("status = ${}", next()));
     }
-    if search {
-        // `title ILIKE $p`, computed as PostgreSQL computes it (`lower()` of both sides, then
-        // `LIKE`) but on the texts lower-cased when they were written (migration 0003). A
-        // search is planned with its pattern (see `list`), so `lower($p)` is folded into a
-        // constant the trigram indexes and the row estimates can use. `like_pattern()` escapes
-        // `%`, `_` and `\` with a backslash; the ESCAPE says so explicitly.
-        let p = next();
-        conditions.push(format!(
-            "(title_folded LIKE lower(${p}) ESCAPE '\\' \
-             OR description_folded LIKE lower(${p}) ESCAPE '\\')"
-        ));
+    match search {
+        SearchBy::No => {}
+        SearchBy::Pattern => {
+            // `title ILIKE $p`, computed as PostgreSQL computes it (`lower()` of both sides,
+            // then `LIKE`) but on the texts lower-cased when they were written (migration
+            // 0003). A search is planned with its pattern (see `list`), so `lower($p)` is folded
+            // into a constant the trigram indexes and the row estimates can use.
+            // `like_pattern()` escapes `%`, `_` and `\` with a backslash; the ESCAPE says so
+            // explicitly.
+            let p = next();
+            conditions.push(format!(
+                "(title_folded LIKE lower(${p}) ESCAPE '\\' \
+                 OR description_folded LIKE lower(${p}) ESCAPE '\\')"
+            ));
+        }
+        SearchBy::Probe => {
+            // The probe is letters and digits only: nothing to escape.
+            let (p, text) = (next(), next());
+            conditions.push(format!(
+                "(title_folded LIKE lower(${p}) OR description_folded LIKE lower(${p}))"
+            ));
+            conditions.push(format!(
+                "(strpos(title_folded, lower(${text})) > 0 \
+                 OR strpos(description_folded, lower(${text})) > 0)"
+            ));
+        }
     }
     if cursor {
         let (at, id) = (next(), next());
@@ -180,7 +222,7 @@ fn list_sql(status: bool, search: bool, cursor: bool) -> String {
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
-    if search {
+    if search != SearchBy::No {
         // The page's ids first, then their rows. Walking the list in order, the ids and the
         // texts a search tests come from `tasks_created_id_idx` alone (an index-only scan: it
         // carries the folded texts, migration 0004), so the rows passed over are not read from
@@ -221,6 +263,7 @@ pub struct PgTaskRepository {
     pool: Pool,
     query_timeout: Duration,
     searches: Arc<SearchSlots>,
+    samples: Arc<Samples>,
 }
 
 impl PgTaskRepository {
@@ -242,6 +285,7 @@ impl PgTaskRepository {
             pool,
             query_timeout,
             searches: Arc::new(SearchSlots::new(slots, wait)),
+            samples: Arc::default(),
         }
     }
 
@@ -253,6 +297,64 @@ impl PgTaskRepository {
     /// The search slots' state, for `/metrics`.
     pub fn search_slots(&self) -> SearchSlotsStatus {
         self.searches.status()
+    }
+
+    /// Takes a new sample of the tasks' texts for searches to choose their lookups by
+    /// (`trigrams.rs`), now, and returns how many tasks it holds. Searches also take one
+    /// themselves, in the background, on the first search and every ten minutes after.
+    ///
+    /// # Errors
+    /// `Unavailable` when PostgreSQL is; the searches then keep the sample they had.
+    pub async fn resample_search_texts(&self) -> Result<u32, RepoError> {
+        self.resample(self.samples.force()).await
+    }
+
+    /// The word of `text` a search for it looks up in the trigram indexes instead of the whole
+    /// text, by the current sample, if any: for diagnostics and tests.
+    pub fn search_probe<'t>(&self, text: &'t str) -> Option<&'t str> {
+        self.samples.current().probe(text)
+    }
+
+    async fn resample(&self, resampling: crate::trigrams::Resampling) -> Result<u32, RepoError> {
+        let mut client = self.client().await?;
+        let outcome = tokio::time::timeout(self.query_timeout, async {
+            // Never waits behind a lock (a migration's, say): a sample is not worth a
+            // connection held that long, and the next search tries again later.
+            let tx = client.transaction().await?;
+            tx.batch_execute("LOCK TABLE tasks IN ACCESS SHARE MODE NOWAIT")
+                .await?;
+            let stmt = tx.prepare_cached(SAMPLE_TEXTS).await?;
+            let rows = tx.query(&stmt, &[]).await?;
+            tx.commit().await?;
+            Ok(rows)
+        })
+        .await;
+        let rows = self.settle(client, outcome)?;
+        let texts = rows
+            .iter()
+            .map(|row| {
+                let title: Option<&str> = row.try_get(0)?;
+                let description: Option<&str> = row.try_get(1)?;
+                Ok([title.unwrap_or_default(), description.unwrap_or_default()])
+            })
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()
+            .map_err(errors::from_pg)?;
+        let sample = TrigramSample::from_texts(texts);
+        let sampled = sample.rows();
+        resampling.done(sample);
+        Ok(sampled)
+    }
+
+    /// Starts taking a new sample in the background if one is due.
+    fn resample_if_due(&self) {
+        if let Some(resampling) = self.samples.claim() {
+            let repo = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = repo.resample(resampling).await {
+                    tracing::debug!(error = %e, "could not sample the tasks' texts");
+                }
+            });
+        }
     }
 
     async fn client(&self) -> Result<Client, RepoError> {
@@ -420,18 +522,38 @@ impl TaskRepository for PgTaskRepository {
     )]
     async fn list(&self, query: &ListQuery) -> Result<Page, RepoError> {
         let status = query.status.map(Status::as_str);
-        let pattern = query.search.as_ref().map(|s| s.like_pattern());
+        let text = query.search.as_ref().map(|s| s.as_str());
+        // A search text with a rare word among common ones looks up only that word
+        // (`trigrams.rs`); any other, its whole text.
+        let probe = text.and_then(|text| {
+            self.resample_if_due();
+            self.samples
+                .current()
+                .probe(text)
+                .map(|word| format!("%{word}%"))
+        });
+        let search = match (text, &probe) {
+            (None, _) => SearchBy::No,
+            (Some(_), Some(_)) => SearchBy::Probe,
+            (Some(_), None) => SearchBy::Pattern,
+        };
+        let pattern = probe.or_else(|| query.search.as_ref().map(|s| s.like_pattern()));
         let cursor = query.cursor.map(|c| (c.created_at, c.id.get()));
         // One more row than asked for proves that a next page exists.
         let fetch = i64::from(query.limit.get()) + 1;
 
-        let sql = &LIST_SQL[list_sql_index(status.is_some(), pattern.is_some(), cursor.is_some())];
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(5);
+        let sql = &LIST_SQL[list_sql_index(status.is_some(), search, cursor.is_some())];
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(6);
         if let Some(status) = &status {
             params.push((status, Type::TEXT));
         }
         if let Some(pattern) = &pattern {
             params.push((pattern, Type::TEXT));
+        }
+        if search == SearchBy::Probe {
+            if let Some(text) = &text {
+                params.push((text, Type::TEXT));
+            }
         }
         if let Some((created_at, id)) = &cursor {
             params.push((created_at, Type::TIMESTAMPTZ));
@@ -736,24 +858,39 @@ mod tests {
     #[test]
     fn list_sql_numbers_parameters_in_order() {
         assert_eq!(
-            list_sql(false, false, false),
+            list_sql(false, SearchBy::No, false),
             "SELECT id, title, description, status, created_at, updated_at, version FROM tasks \
              ORDER BY created_at DESC, id DESC LIMIT $1"
         );
         assert_eq!(
-            list_sql(true, true, true),
+            list_sql(true, SearchBy::Pattern, true),
             "SELECT id, title, description, status, created_at, updated_at, version FROM tasks \
              WHERE id = ANY(ARRAY(SELECT id FROM tasks \
              WHERE status = $1 AND (title_folded LIKE lower($2) ESCAPE '\\' \
              OR description_folded LIKE lower($2) ESCAPE '\\') AND (created_at, id) < ($3, $4) \
              ORDER BY created_at DESC, id DESC LIMIT $5)) ORDER BY created_at DESC, id DESC"
         );
-        for (i, sql) in LIST_SQL.iter().enumerate() {
-            let (status, search, cursor) = (i & 1 != 0, i & 2 != 0, i & 4 != 0);
-            assert_eq!(list_sql_index(status, search, cursor), i);
-            assert_eq!(*sql, list_sql(status, search, cursor));
+        assert_eq!(
+            list_sql(true, SearchBy::Probe, true),
+            "SELECT id, title, description, status, created_at, updated_at, version FROM tasks \
+             WHERE id = ANY(ARRAY(SELECT id FROM tasks \
+             WHERE status = $1 AND (title_folded LIKE lower($2) \
+             OR description_folded LIKE lower($2)) AND (strpos(title_folded, lower($3)) > 0 \
+             OR strpos(description_folded, lower($3)) > 0) AND (created_at, id) < ($4, $5) \
+             ORDER BY created_at DESC, id DESC LIMIT $6)) ORDER BY created_at DESC, id DESC"
+        );
+        let mut shapes = std::collections::HashSet::new();
+        for status in [false, true] {
+            for search in SEARCHES {
+                for cursor in [false, true] {
+                    let i = list_sql_index(status, search, cursor);
+                    assert_eq!(LIST_SQL[i], list_sql(status, search, cursor));
+                    assert!(shapes.insert(i));
+                }
+            }
         }
-        let search_after = list_sql(false, true, true);
+        assert_eq!(shapes.len(), LIST_SQL.len());
+        let search_after = list_sql(false, SearchBy::Pattern, true);
         assert!(search_after.contains("LIKE lower($1) ") && search_after.contains("LIMIT $4))"));
     }
 
@@ -777,12 +914,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let status = "done";
         let pattern = "%needle%";
+        let text = "a needle";
         let at = Utc::now();
         let id = i64::MAX;
         let fetch = 11_i64;
 
-        for mask in 0..8 {
-            let (by_status, by_search, after) = (mask & 1 != 0, mask & 2 != 0, mask & 4 != 0);
+        for mask in 0..12 {
+            let (by_status, search, after) = (mask % 2 == 1, SEARCHES[mask / 2 % 3], mask >= 6);
+            let by_search = search != SearchBy::No;
             let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
             if by_status {
                 params.push(&status);
@@ -790,12 +929,15 @@ mod tests {
             if by_search {
                 params.push(&pattern);
             }
+            if search == SearchBy::Probe {
+                params.push(&text);
+            }
             if after {
                 params.push(&at);
                 params.push(&id);
             }
             params.push(&fetch);
-            let sql = list_sql(by_status, by_search, after);
+            let sql = list_sql(by_status, search, after);
             let explain = || async {
                 let rows = client
                     .query(&format!("EXPLAIN {sql}"), &params)

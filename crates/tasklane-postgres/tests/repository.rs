@@ -807,6 +807,8 @@ async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_
     let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout)
         .with_search_slots(1);
     let wanted = create(&repo, "find the needle", Status::Todo).await;
+    // A sample is taken now, so no search below starts one.
+    repo.resample_search_texts().await.unwrap();
     let blocker = lock_the_table(&db).await;
 
     // Three searches at once: one takes the slot and a connection and waits on the server; the
@@ -860,6 +862,8 @@ async fn a_search_that_waits_past_the_wait_timeout_for_a_slot_is_unavailable() {
     let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout)
         .with_search_slots(1);
     let wanted = create(&repo, "find the needle", Status::Todo).await;
+    // A sample is taken now, so no search below starts one.
+    repo.resample_search_texts().await.unwrap();
     let blocker = lock_the_table(&db).await;
 
     let first = {
@@ -888,4 +892,151 @@ async fn a_search_that_waits_past_the_wait_timeout_for_a_slot_is_unavailable() {
         repo.list(&search("needle")).await.unwrap().tasks,
         vec![wanted]
     );
+}
+
+/// A search text with a rare word among words nearly every task holds looks up only the rare
+/// word in the trigram indexes (once the texts have been sampled), and finds exactly what the
+/// whole text finds: the same tasks, in the same order, page by page, with a status filter too.
+#[tokio::test]
+async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO tasks (title, description, created_at, updated_at) \
+             SELECT 'Task ' || g, 'a task like the others', now() - interval '1 hour', \
+             now() - interval '1 hour' FROM generate_series(1, 300) AS g",
+        )
+        .await
+        .unwrap();
+    let first = create(&repo, "TASK 4242: the report", Status::Done).await;
+    let reversed = create(&repo, "4242 task, the other way round", Status::Done).await;
+    let second = repo
+        .create(
+            new_task("Call mum", "about task 4242 again", Status::Todo),
+            None,
+        )
+        .await
+        .unwrap()
+        .task;
+    let third = create(&repo, "task 4242 too", Status::Done).await;
+
+    // Before any sample, the whole text is looked up; the sample holds every task here.
+    assert_eq!(repo.search_probe("task 4242"), None);
+    assert_eq!(repo.resample_search_texts().await.unwrap(), 304);
+    assert_eq!(repo.search_probe("Task 4242"), Some("4242"));
+    assert_eq!(
+        repo.search_probe("task 42"),
+        None,
+        "no word of 3 characters"
+    );
+
+    let ids = |tasks: &[Task]| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
+    let found = repo.list(&search("Task 4242")).await.unwrap();
+    assert_eq!(ids(&found.tasks), vec![third.id, second.id, first.id]);
+    assert!(!ids(&found.tasks).contains(&reversed.id));
+
+    // Page by page, with and without a status filter.
+    let mut query = ListQuery {
+        limit: Limit::new(1).unwrap(),
+        ..search("task 4242")
+    };
+    let mut pages = Vec::new();
+    loop {
+        let page = repo.list(&query).await.unwrap();
+        pages.extend(ids(&page.tasks));
+        match page.next {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(pages, vec![third.id, second.id, first.id]);
+    let done = repo
+        .list(&ListQuery {
+            status: Some(Status::Done),
+            ..search("TASK 4242")
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&done.tasks), vec![third.id, first.id]);
+
+    // The rare word alone is not enough: the whole text must be there.
+    assert!(repo.search_probe("task 4242 nowhere").is_some());
+    assert!(repo
+        .list(&search("task 4242 nowhere"))
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+    // `%` and `_` in the text stay literal.
+    let literal = create(&repo, "task 4242 at 50%_off", Status::Todo).await;
+    assert_eq!(
+        ids(&repo.list(&search("task 4242 at 50%_")).await.unwrap().tasks),
+        vec![literal.id]
+    );
+    assert!(repo
+        .list(&search("task 4242 at 50%x"))
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+}
+
+/// Searches take the sample themselves, in the background, on the first search.
+#[tokio::test]
+async fn the_first_search_samples_the_texts_in_the_background() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO tasks (title) SELECT 'Task ' || g FROM generate_series(1, 20) AS g",
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.search_probe("task 777"), None);
+    assert!(repo
+        .list(&search("task 777"))
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while repo.search_probe("task 777").is_none() {
+        assert!(Instant::now() < deadline, "no sample was taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sampling never waits behind a lock on the table: it gives up at once, holding nothing, and
+/// searches keep the sample they had.
+#[tokio::test]
+async fn sampling_gives_up_at_once_when_the_table_is_locked() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    db.client()
+        .await
+        .batch_execute(
+            "INSERT INTO tasks (title) SELECT 'Task ' || g FROM generate_series(1, 20) AS g",
+        )
+        .await
+        .unwrap();
+    repo.resample_search_texts().await.unwrap();
+    let blocker = lock_the_table(&db).await;
+
+    let started = Instant::now();
+    let outcome = repo.resample_search_texts().await;
+    assert!(
+        matches!(outcome, Err(RepoError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(db.lock_waits().await.is_empty());
+    assert_eq!(
+        repo.search_probe("task 777"),
+        Some("777"),
+        "the sample is kept"
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
 }
