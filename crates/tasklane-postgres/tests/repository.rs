@@ -983,9 +983,8 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
         .is_empty());
 }
 
-/// Searches take the sample themselves, in the background, on the first search.
-#[tokio::test]
-async fn the_first_search_samples_the_texts_in_the_background() {
+/// A database of 20 tasks, "Task 1" to "Task 20", and a repository on it.
+async fn twenty_tasks() -> (TestDb, PgTaskRepository) {
     let db = TestDb::new().await;
     let repo = db.repository().await;
     db.client()
@@ -995,6 +994,13 @@ async fn the_first_search_samples_the_texts_in_the_background() {
         )
         .await
         .unwrap();
+    (db, repo)
+}
+
+/// Searches take the sample themselves, in the background, on the first search.
+#[tokio::test]
+async fn the_first_search_samples_the_texts_in_the_background() {
+    let (_db, repo) = twenty_tasks().await;
     assert_eq!(repo.search_probe("task 777"), None);
     assert!(repo
         .list(&search("task 777"))
@@ -1013,15 +1019,7 @@ async fn the_first_search_samples_the_texts_in_the_background() {
 /// searches keep the sample they had.
 #[tokio::test]
 async fn sampling_gives_up_at_once_when_the_table_is_locked() {
-    let db = TestDb::new().await;
-    let repo = db.repository().await;
-    db.client()
-        .await
-        .batch_execute(
-            "INSERT INTO tasks (title) SELECT 'Task ' || g FROM generate_series(1, 20) AS g",
-        )
-        .await
-        .unwrap();
+    let (db, repo) = twenty_tasks().await;
     repo.resample_search_texts().await.unwrap();
     let blocker = lock_the_table(&db).await;
 
