@@ -75,14 +75,46 @@ pub fn task_etag(version: Version) -> String {
     format!("\"v{}\"", version.get())
 }
 
-/// A strong entity tag for bytes: a 64-bit FNV-1a hash, stable across processes and releases.
+/// The length of every [`bytes_etag`]: `"l`, 16 hex digits, `"`.
+pub const BYTES_ETAG_LEN: usize = 19;
+
+/// A strong entity tag for bytes: a 64-bit hash, stable across processes and releases (replicas
+/// must agree on it, so it has no random key), `BYTES_ETAG_LEN` long.
 pub fn bytes_etag(body: &[u8]) -> String {
+    format!("\"l{:016x}\"", body_hash(body))
+}
+
+/// Reads 8 bytes at a time, each word mixed in by a 64 × 64 → 128-bit multiply whose halves
+/// are folded together (as wyhash and foldhash do: every bit of the word reaches every bit of
+/// the state, so changes in two words cannot cancel out the way they do with a plain multiply
+/// and rotate), then the length, then a final avalanche (MurmurHash3's finalizer). 5.5 µs for a
+/// 22 kB page where FNV-1a, a multiply per byte, took 29 µs: 8% of the CPU of an uncached
+/// 100-row page (docs/PERFORMANCE.md section 13). Like FNV-1a, not a defence against someone
+/// crafting collisions.
+fn body_hash(body: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |hash: u64, word: u64| {
+        let product = u128::from(hash ^ word) * u128::from(K);
+        let [low, high] = [product, product >> 64].map(|half| half as u64);
+        low ^ high
+    };
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in body {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    let mut words = body.chunks_exact(8);
+    let mut word = [0u8; 8];
+    for chunk in &mut words {
+        word.copy_from_slice(chunk);
+        hash = mix(hash, u64::from_le_bytes(word));
     }
-    format!("\"l{hash:016x}\"")
+    let tail = words.remainder();
+    word = [0u8; 8];
+    word[..tail.len()].copy_from_slice(tail);
+    hash = mix(hash, u64::from_le_bytes(word));
+    hash = mix(hash, u64::try_from(body.len()).unwrap_or(u64::MAX));
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    hash ^= hash >> 33;
+    hash = hash.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    hash ^ (hash >> 33)
 }
 
 /// The entity tags listed in a header such as `If-Match` (`*` is returned as is).
@@ -191,5 +223,30 @@ mod tests {
     fn bytes_etags_are_stable_and_distinct() {
         assert_eq!(bytes_etag(b"[]"), bytes_etag(b"[]"));
         assert_ne!(bytes_etag(b"[]"), bytes_etag(b"[1]"));
+        // Replicas and releases must agree: the function is pinned.
+        assert_eq!(bytes_etag(b"[]"), "\"l9f4aadfd48da6c47\"");
+        // Every length (tail and zero padding included) and every single-bit change of a body
+        // gives its own tag, and every tag is as long as announced.
+        let body: Vec<u8> = (0..40u8).map(|i| i.wrapping_mul(37)).collect();
+        let mut seen = std::collections::HashSet::new();
+        for len in 0..=body.len() {
+            let tag = bytes_etag(&body[..len]);
+            assert_eq!(tag.len(), BYTES_ETAG_LEN);
+            assert!(seen.insert(tag), "length {len}");
+        }
+        assert_ne!(bytes_etag(b"ab"), bytes_etag(b"ab\0"));
+        for byte in 0..body.len() {
+            for bit in 0..8 {
+                let mut changed = body.clone();
+                changed[byte] ^= 1 << bit;
+                assert!(seen.insert(bytes_etag(&changed)), "byte {byte} bit {bit}");
+            }
+        }
+        // Two changes that cancel out under a plain multiply and rotate (the top bit of one word
+        // and the bit it rotates to in the next) do not cancel here.
+        let mut twice = body.clone();
+        twice[7] ^= 0x80;
+        twice[11] ^= 0x10;
+        assert!(seen.insert(bytes_etag(&twice)));
     }
 }

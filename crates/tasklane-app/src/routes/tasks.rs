@@ -2,7 +2,7 @@
 
 use crate::dto::{self, CountsDto, MessageDto, TaskDto};
 use crate::error::{ApiError, ErrorBody, IDEMPOTENCY_KEY};
-use crate::http::{bytes_etag, if_match, if_none_match, read_json_body, task_etag};
+use crate::http::{bytes_etag, if_match, if_none_match, read_json_body, task_etag, BYTES_ETAG_LEN};
 use crate::state::AppState;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
@@ -125,6 +125,7 @@ const RENDERED_MAGIC: &[u8] = b"TL1\n";
 impl RenderedList {
     fn render(query: &ListQuery, page: &Page) -> Bytes {
         let dtos: Vec<TaskDto<'_>> = page.tasks.iter().map(TaskDto::from).collect();
+        let link = page.next.map(|c| next_link(query, c)).unwrap_or_default();
         // Sized for the texts plus the fixed part of each object (names, id, status, two
         // timestamps, version: about 190 bytes), so that the body is not grown by doubling (and
         // copied) eight times on the way to a 20 kB page.
@@ -133,21 +134,26 @@ impl RenderedList {
             .iter()
             .map(|t| t.title.as_str().len() + t.description.as_str().len())
             .sum();
-        let mut body = Vec::with_capacity(texts + 200 * page.tasks.len() + 2);
-        if serde_json::to_writer(&mut body, &dtos).is_err() {
-            body = b"[]".to_vec();
-        }
-        let etag = bytes_etag(&body);
-        let link = page.next.map(|c| next_link(query, c)).unwrap_or_default();
-        let mut blob = BytesMut::with_capacity(
-            RENDERED_MAGIC.len() + etag.len() + link.len() + body.len() + 2,
-        );
+        let head = RENDERED_MAGIC.len() + BYTES_ETAG_LEN + link.len() + 2;
+        let mut blob = BytesMut::with_capacity(head + texts + 200 * page.tasks.len() + 2);
         blob.put_slice(RENDERED_MAGIC);
-        blob.put_slice(etag.as_bytes());
+        // The ETag is a hash of the body, which is written straight into the blob after it: its
+        // place is kept (every such tag has the same length) and filled in at the end.
+        let etag_at = blob.len();
+        blob.put_bytes(b' ', BYTES_ETAG_LEN);
         blob.put_u8(b'\n');
         blob.put_slice(link.as_bytes());
         blob.put_u8(b'\n');
-        blob.put_slice(&body);
+        let body_at = blob.len();
+        let mut writer = blob.writer();
+        let written = serde_json::to_writer(&mut writer, &dtos);
+        let mut blob = writer.into_inner();
+        if written.is_err() {
+            blob.truncate(body_at);
+            blob.put_slice(b"[]");
+        }
+        let etag = bytes_etag(&blob[body_at..]);
+        blob[etag_at..etag_at + BYTES_ETAG_LEN].copy_from_slice(etag.as_bytes());
         blob.freeze()
     }
 
@@ -527,7 +533,11 @@ mod tests {
         let blob = RenderedList::render(&ListQuery::default(), &Page::default());
         let r = RenderedList::parse(blob).unwrap_or_else(|| panic!("unparsable"));
         assert_eq!(&r.blob[r.body..], b"[]");
-        assert!(r.header(r.etag).is_some());
+        assert_eq!(
+            r.header(r.etag).as_ref().map(HeaderValue::as_bytes),
+            Some(bytes_etag(b"[]").as_bytes()),
+            "the tag of the body that follows it"
+        );
         assert!(r.header(r.link).is_none());
         assert!(RenderedList::parse(Bytes::from_static(b"garbage")).is_none());
     }
