@@ -553,10 +553,8 @@ impl TaskRepository for PgTaskRepository {
         if let Some(pattern) = &pattern {
             params.push((pattern, Type::TEXT));
         }
-        if search == SearchBy::Probe {
-            if let Some(text) = &text {
-                params.push((text, Type::TEXT));
-            }
+        if let (SearchBy::Probe, Some(text)) = (search, &text) {
+            params.push((text, Type::TEXT));
         }
         if let Some((created_at, id)) = &cursor {
             params.push((created_at, Type::TIMESTAMPTZ));

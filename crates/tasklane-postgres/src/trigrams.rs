@@ -76,15 +76,16 @@ impl TrigramSample {
         let mut most_common = 0.0_f64;
         let mut best: Option<(f64, &str)> = None;
         for word in words(text) {
-            let folded = word.to_lowercase();
-            let shares: Vec<f64> = trigrams(&folded).map(|t| share(&t)).collect();
-            let (Some(rarest), Some(commonest)) = (
-                shares.iter().copied().reduce(f64::min),
-                shares.iter().copied().reduce(f64::max),
-            ) else {
+            let (mut rarest, mut commonest) = (f64::INFINITY, f64::NEG_INFINITY);
+            for trigram in trigrams(&word.to_lowercase()) {
+                let share = share(&trigram);
+                rarest = rarest.min(share);
+                commonest = commonest.max(share);
+            }
+            if rarest.is_infinite() {
                 // Under three characters: no trigram of its own to look up.
                 continue;
-            };
+            }
             most_common = most_common.max(commonest);
             if commonest < COMMON && best.is_none_or(|(b, _)| rarest < b) {
                 best = Some((rarest, word));
@@ -129,22 +130,16 @@ impl Samples {
         match *next_at {
             Some(at) if Instant::now() >= at => {
                 *next_at = None;
-                Some(Resampling {
-                    samples: self.clone(),
-                    next: RETRY_AFTER,
-                })
+                Some(Resampling::new(self))
             }
             _ => None,
         }
     }
 
-    /// The right to take a sample now, due or not (for tests).
+    /// The right to take a sample now, due or not.
     pub(crate) fn force(self: &Arc<Self>) -> Resampling {
         *self.next_at.lock().unwrap_or_else(PoisonError::into_inner) = None;
-        Resampling {
-            samples: self.clone(),
-            next: RETRY_AFTER,
-        }
+        Resampling::new(self)
     }
 }
 
@@ -156,6 +151,14 @@ pub(crate) struct Resampling {
 }
 
 impl Resampling {
+    /// Until [`Resampling::done`], a failure: the next try is due after [`RETRY_AFTER`].
+    fn new(samples: &Arc<Samples>) -> Self {
+        Self {
+            samples: samples.clone(),
+            next: RETRY_AFTER,
+        }
+    }
+
     pub(crate) fn done(mut self, sample: TrigramSample) {
         *self
             .samples

@@ -932,6 +932,27 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
         "no word of 3 characters"
     );
 
+    // What the server is asked, seen while the table is locked: the rare word and a check of
+    // the whole text for "task 4242", the whole text's pattern alone for "task 42".
+    for (text, by_probe) in [("Task 4242", true), ("task 42", false)] {
+        let blocker = lock_the_table(&db).await;
+        let waiting = {
+            let repo = repo.clone();
+            let search = tokio::spawn(async move { repo.list(&search(text)).await });
+            let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
+            blocker.batch_execute("ROLLBACK").await.unwrap();
+            search.await.unwrap().unwrap();
+            waiting
+        };
+        assert_eq!(waiting.len(), 1, "{waiting:?}");
+        assert_eq!(
+            waiting[0].contains("strpos("),
+            by_probe,
+            "{text}: {waiting:?}"
+        );
+        assert!(waiting[0].contains("LIKE lower($1)"), "{waiting:?}");
+    }
+
     let ids = |tasks: &[Task]| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
     let found = repo.list(&search("Task 4242")).await.unwrap();
     assert_eq!(ids(&found.tasks), vec![third.id, second.id, first.id]);
