@@ -279,8 +279,10 @@ def write_markdown(path, rows, m):
         "CPU; the errors of all three runs and the highest peak RSS).",
         "- *90/10 mix*: nine cached-list reads for each PUT of one of the listed tasks, so writes keep "
         "invalidating the list the readers read; compared with the cached 3-row list, and with ten "
-        "times the rate at which pgbench alone runs the PUT's UPDATE on the same 3 rows (with 10% "
-        "writes, the mix cannot pass that rate however cheap its reads are).",
+        "times the rate at which pgbench alone runs the PUT's UPDATE on the same 3 rows, one "
+        "statement per update (the bound PostgreSQL would put on the mix if every PUT were its own "
+        "UPDATE; Tasklane combines the PUTs of a task that arrive while one of it runs into one "
+        "UPDATE, so it can pass it).",
         "- *errors*: responses with status 400 or more plus socket errors. *CPU s*: user + system "
         "time of the tasklane process during the 10 s (out of 20 s on 2 cores). *peak RSS*: its VmHWM, "
         "reset before each scenario.",

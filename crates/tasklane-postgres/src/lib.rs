@@ -7,6 +7,7 @@
 //! creating and recycling a pooled connection by the pool's timeouts, and each query by the
 //! repository's query timeout, after which the connection is cancelled and discarded.
 
+mod combine;
 mod errors;
 mod migrate;
 mod pool;

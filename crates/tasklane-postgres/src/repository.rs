@@ -1,5 +1,6 @@
 //! [`PgTaskRepository`]: the `TaskRepository` port on PostgreSQL.
 
+use crate::combine::{self, Combiner, Turn, Waiter};
 use crate::errors::{self, InvalidRow, QueryTimeout};
 use crate::pool::{Client, Pool};
 use crate::search_slots::{default_search_slots, SearchSlots, SearchSlotsStatus};
@@ -107,18 +108,23 @@ const SELECT_BY_ID: &str = concat!("SELECT ", task_columns!(), " FROM tasks WHER
 
 const EXISTS: &str = "SELECT EXISTS (SELECT 1 FROM tasks WHERE id = $1)";
 
-/// Absent patch fields keep their value; the version goes up by one; `updated_at` moves strictly
-/// forward even when two writes fall in the same transaction-start microsecond, or the clock
-/// steps back, so that it orders a task's changes.
+/// Absent patch fields keep their value; the version goes up by one per update; `updated_at`
+/// moves strictly forward, by at least a microsecond per update, even when two writes fall in
+/// the same transaction-start microsecond, or the clock steps back, so that it orders a task's
+/// changes.
 macro_rules! update_sql {
-    ($condition:literal) => {
+    ($versions:literal, $micros:literal, $condition:literal) => {
         concat!(
             "UPDATE tasks SET ",
             "title = COALESCE($2, title), ",
             "description = COALESCE($3, description), ",
             "status = COALESCE($4, status), ",
-            "version = version + 1, ",
-            "updated_at = GREATEST(now(), updated_at + interval '1 microsecond') ",
+            "version = version + ",
+            $versions,
+            ", ",
+            "updated_at = GREATEST(now(), updated_at + ",
+            $micros,
+            ") ",
             "WHERE id = $1",
             $condition,
             " RETURNING ",
@@ -127,8 +133,10 @@ macro_rules! update_sql {
     };
 }
 
-const UPDATE: &str = update_sql!("");
-const UPDATE_IF_VERSION: &str = update_sql!(" AND version = $5");
+const UPDATE: &str = update_sql!("1", "interval '1 microsecond'", "");
+const UPDATE_IF_VERSION: &str = update_sql!("1", "interval '1 microsecond'", " AND version = $5");
+/// The updates of one batch (`combine.rs`), `$5` of them, as one: their patches combined.
+const UPDATE_BATCH: &str = update_sql!("$5", "$5 * interval '1 microsecond'", "");
 
 const DELETE: &str = "DELETE FROM tasks WHERE id = $1";
 const DELETE_IF_VERSION: &str = "DELETE FROM tasks WHERE id = $1 AND version = $2";
@@ -267,6 +275,7 @@ pub struct PgTaskRepository {
     query_timeout: Duration,
     searches: Arc<SearchSlots>,
     samples: Arc<Samples>,
+    combiner: Arc<Combiner>,
 }
 
 impl PgTaskRepository {
@@ -289,6 +298,7 @@ impl PgTaskRepository {
             query_timeout,
             searches: Arc::new(SearchSlots::new(slots, wait)),
             samples: Arc::default(),
+            combiner: Arc::default(),
         }
     }
 
@@ -358,6 +368,100 @@ impl PgTaskRepository {
                 }
             });
         }
+    }
+
+    /// How many unconditional updates wait now for an update of the same task to end, to go to
+    /// PostgreSQL together (`combine.rs`): for diagnostics and tests.
+    pub fn waiting_updates(&self) -> usize {
+        self.combiner.waiting()
+    }
+
+    /// One `UPDATE` of the task: `None` when no row matched (the task is gone, or not at the
+    /// version asked for).
+    async fn update_row(
+        &self,
+        id: TaskId,
+        patch: &TaskPatch,
+        steps: Steps,
+    ) -> Result<Option<Task>, RepoError> {
+        let title = patch.title.as_ref().map(Title::as_str);
+        let description = patch.description.as_ref().map(Description::as_str);
+        let status = patch.status.map(Status::as_str);
+        let client = self.client().await?;
+        let outcome = tokio::time::timeout(self.query_timeout, async {
+            let (sql, extra) = match &steps {
+                Steps::One => (UPDATE, None),
+                Steps::IfVersion(version) => (UPDATE_IF_VERSION, Some(version)),
+                Steps::Batch(count) => (UPDATE_BATCH, Some(count)),
+            };
+            let stmt = client.prepare_cached(sql).await?;
+            let id = id.get();
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id, &title, &description, &status];
+            if let Some(extra) = extra {
+                params.push(extra);
+            }
+            client.query_opt(&stmt, &params).await
+        })
+        .await;
+        self.settle(client, outcome)?
+            .map(|row| task_from_row(&row))
+            .transpose()
+    }
+
+    /// Runs the updates that waited for an update of `id`, batch by batch, and those that
+    /// arrive meanwhile, until none is left; in the background, so that no caller going away
+    /// stops it.
+    fn run_waiters(&self, id: TaskId, waiters: Vec<Waiter>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            drop(waiters);
+            self.combiner.abandon(id.get());
+            return;
+        };
+        let repo = self.clone();
+        runtime.spawn(async move {
+            let mut unfinished = Abandon {
+                combiner: &repo.combiner,
+                id: Some(id.get()),
+            };
+            let mut waiters = waiters;
+            loop {
+                while !waiters.is_empty() {
+                    let count = combine::batch_len(waiters.iter().map(|w| &w.patch));
+                    let (patches, replies): (Vec<TaskPatch>, Vec<_>) =
+                        waiters.drain(..count).map(|w| (w.patch, w.reply)).unzip();
+                    let steps = Steps::Batch(i64::try_from(count).unwrap_or(i64::MAX));
+                    let outcome = repo
+                        .update_row(id, &combine::combined(&patches), steps)
+                        .await;
+                    match outcome {
+                        Ok(Some(last)) => {
+                            for (reply, task) in
+                                replies.into_iter().zip(combine::states(&last, &patches))
+                            {
+                                // A caller that went away no longer needs its answer.
+                                let _ = reply.send(Ok(task));
+                            }
+                        }
+                        Ok(None) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(RepoError::NotFound));
+                            }
+                        }
+                        Err(error) => {
+                            let error = Arc::new(error);
+                            for reply in replies {
+                                let _ = reply.send(Err(combine::shared(&error)));
+                            }
+                        }
+                    }
+                }
+                match repo.combiner.next(id.get()) {
+                    Some(more) => waiters = more,
+                    None => break,
+                }
+            }
+            unfinished.id = None;
+        });
     }
 
     async fn client(&self) -> Result<Client, RepoError> {
@@ -600,38 +704,30 @@ impl TaskRepository for PgTaskRepository {
         patch: TaskPatch,
         precondition: Precondition,
     ) -> Result<Task, RepoError> {
-        let expected = match precondition {
+        match precondition {
             // Every update needs the row to exist, so `Exists` asks nothing more than `None`.
-            Precondition::None | Precondition::Exists => None,
-            Precondition::Version(v) => Some(v.get()),
-            Precondition::Never => return Err(self.refusal(id).await?),
-        };
-        let title = patch.title.as_ref().map(Title::as_str);
-        let description = patch.description.as_ref().map(Description::as_str);
-        let status = patch.status.map(Status::as_str);
-
-        let client = self.client().await?;
-        let outcome = tokio::time::timeout(self.query_timeout, async {
-            match &expected {
-                None => {
-                    let stmt = client.prepare_cached(UPDATE).await?;
-                    client
-                        .query_opt(&stmt, &[&id.get(), &title, &description, &status])
-                        .await
-                }
-                Some(version) => {
-                    let stmt = client.prepare_cached(UPDATE_IF_VERSION).await?;
-                    client
-                        .query_opt(&stmt, &[&id.get(), &title, &description, &status, version])
-                        .await
-                }
+            Precondition::None | Precondition::Exists => {}
+            Precondition::Version(v) => {
+                return match self
+                    .update_row(id, &patch, Steps::IfVersion(v.get()))
+                    .await?
+                {
+                    Some(task) => Ok(task),
+                    None => Err(self.refusal(id).await?),
+                };
             }
-        })
-        .await;
-        match self.settle(client, outcome)? {
-            Some(row) => task_from_row(&row),
-            None if expected.is_some() => Err(self.refusal(id).await?),
-            None => Err(RepoError::NotFound),
+            Precondition::Never => return Err(self.refusal(id).await?),
+        }
+        match self.combiner.arrive(id.get(), &patch) {
+            Turn::Run => {
+                let _running = Running { repo: self, id };
+                self.update_row(id, &patch, Steps::One)
+                    .await?
+                    .ok_or(RepoError::NotFound)
+            }
+            Turn::Wait(answer) => answer
+                .await
+                .unwrap_or_else(|_| Err(RepoError::Unavailable(Box::new(combine::Abandoned)))),
         }
     }
 
@@ -825,6 +921,47 @@ fn invalid_counter(status: &str, e: impl std::error::Error + Send + Sync + 'stat
 
 /// Reads a row of [`task_columns!`] into a `Task`, through the domain's constructors: a stored
 /// value the domain would refuse is a bug, reported as `Unexpected` rather than served.
+/// Which `UPDATE` [`PgTaskRepository::update_row`] runs.
+enum Steps {
+    /// One update, unconditional.
+    One,
+    /// One update, if the task is at this version.
+    IfVersion(i64),
+    /// This many unconditional updates, combined.
+    Batch(i64),
+}
+
+/// Held by the update that runs for its task: when it ends, however it ends (its caller may go
+/// away mid-statement), the updates that waited for it run next.
+struct Running<'r> {
+    repo: &'r PgTaskRepository,
+    id: TaskId,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if let Some(waiters) = self.repo.combiner.next(self.id.get()) {
+            self.repo.run_waiters(self.id, waiters);
+        }
+    }
+}
+
+/// Held by the background run of waiting updates: if it stops before its end (a panic, the
+/// runtime shutting down), the updates still waiting for the task get an error instead of
+/// waiting forever, and the task's next update runs again.
+struct Abandon<'c> {
+    combiner: &'c Combiner,
+    id: Option<i64>,
+}
+
+impl Drop for Abandon<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.combiner.abandon(id);
+        }
+    }
+}
+
 fn task_from_row(row: &Row) -> Result<Task, RepoError> {
     let id: i64 = row.try_get(0).map_err(errors::from_pg)?;
     let invalid = |field: &'static str,

@@ -1059,3 +1059,279 @@ async fn sampling_gives_up_at_once_when_the_table_is_locked() {
     );
     blocker.batch_execute("ROLLBACK").await.unwrap();
 }
+
+/// Another session holds the row lock of `id` (an open `FOR UPDATE`) until `ROLLBACK`.
+async fn lock_the_row(db: &TestDb, id: TaskId) -> tokio_postgres::Client {
+    let blocker = db.client().await;
+    blocker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM tasks WHERE id = {id} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    blocker
+}
+
+/// Polls (for at most 5 s) until `count` updates wait in the process for their task.
+async fn until_waiting_updates(repo: &PgTaskRepository, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while repo.waiting_updates() != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} updates wait, not {count}",
+            repo.waiting_updates()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// What `updates` answer, within 5 s (the answers of updates that waited in the process come
+/// from whoever ran them: a failure to hand them on would otherwise hang the test).
+async fn answered<T>(updates: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::future::join_all(updates),
+    )
+    .await
+    .expect("every update was answered")
+    .into_iter()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// A patch setting some of the fields, by `i`: the status alone, the title and the status,
+/// the title alone, or the description, so that the waiters make several batches.
+fn varied_patch(i: usize) -> TaskPatch {
+    let status = [Status::Todo, Status::InProgress, Status::Done][i % 3];
+    let title = Some(Title::new(format!("title {i}")).unwrap());
+    match i % 4 {
+        0 => status_patch(status),
+        1 => TaskPatch {
+            title,
+            status: Some(status),
+            description: None,
+        },
+        2 => TaskPatch {
+            title,
+            ..TaskPatch::default()
+        },
+        _ => TaskPatch {
+            description: Some(Description::new(format!("description {i}")).unwrap()),
+            ..TaskPatch::default()
+        },
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_a_busy_task_wait_in_the_process_and_each_gets_its_own_state() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 8;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let before = create(&repo, "hot", Status::Todo).await;
+    let blocker = lock_the_row(&db, before.id).await;
+
+    // The first update goes to the server and waits there for the row.
+    let first = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            repo.update(before.id, varied_patch(0), Precondition::None)
+                .await
+        })
+    };
+    db.until_lock_waits(|w| w.len() == 1).await;
+
+    // The next 24 wait in the process, holding no connection, while it runs.
+    let patches: Vec<TaskPatch> = (1..=24).map(varied_patch).collect();
+    let rest: Vec<_> = patches
+        .iter()
+        .map(|patch| {
+            let (repo, patch) = (repo.clone(), patch.clone());
+            let precondition = if patch.title.is_some() {
+                Precondition::Exists
+            } else {
+                Precondition::None
+            };
+            tokio::spawn(async move { repo.update(before.id, patch, precondition).await })
+        })
+        .collect();
+    until_waiting_updates(&repo, 24).await;
+    assert_eq!(
+        db.lock_waits().await.len(),
+        1,
+        "only the first is on the server"
+    );
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    let mut answers = vec![(varied_patch(0), first.await.unwrap().unwrap())];
+    for (patch, answer) in patches.into_iter().zip(answered(rest).await) {
+        answers.push((patch, answer.unwrap()));
+    }
+    assert_eq!(answers[0].1.version.get(), before.version.get() + 1);
+    assert_eq!(repo.waiting_updates(), 0);
+
+    // Each answer is what applying the updates one at a time, in the order of the versions
+    // they got, gives: every version once, `updated_at` strictly increasing.
+    answers.sort_by_key(|(_, task)| task.version.get());
+    let mut state = before.clone();
+    for (patch, answer) in &answers {
+        let expected = Task {
+            title: patch.title.clone().unwrap_or(state.title.clone()),
+            description: patch
+                .description
+                .clone()
+                .unwrap_or(state.description.clone()),
+            status: patch.status.unwrap_or(state.status),
+            version: Version::new(state.version.get() + 1),
+            updated_at: answer.updated_at,
+            ..state.clone()
+        };
+        assert_eq!(answer, &expected, "after {patch:?}");
+        assert!(
+            answer.updated_at > state.updated_at,
+            "{answer:?} after {state:?}"
+        );
+        state = answer.clone();
+    }
+    // The last is what is stored, and the counters followed.
+    assert_eq!(repo.get(before.id).await.unwrap(), state);
+    assert_eq!(repo.counts().await.unwrap(), counted(&db).await);
+
+    // With nothing running, the next update runs at once, alone.
+    let next = repo
+        .update(before.id, status_patch(Status::Done), Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(next.version.get(), state.version.get() + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_waiting_for_a_task_deleted_meanwhile_are_not_found() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let task = create(&repo, "doomed", Status::Todo).await;
+    let deleter = db.client().await;
+    deleter
+        .batch_execute(&format!("BEGIN; DELETE FROM tasks WHERE id = {}", task.id))
+        .await
+        .unwrap();
+
+    let updates: Vec<_> = (0..4)
+        .map(|i| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                repo.update(task.id, varied_patch(i), Precondition::None)
+                    .await
+            })
+        })
+        .collect();
+    db.until_lock_waits(|w| w.len() == 1).await;
+    until_waiting_updates(&repo, 3).await;
+    deleter.batch_execute("COMMIT").await.unwrap();
+
+    for outcome in answered(updates).await {
+        assert!(matches!(outcome, Err(RepoError::NotFound)), "{outcome:?}");
+    }
+    assert_eq!(repo.waiting_updates(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_updates_still_land_when_the_caller_of_the_running_one_goes_away() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 4;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let before = create(&repo, "hot", Status::Todo).await;
+    let blocker = lock_the_row(&db, before.id).await;
+
+    let first = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            repo.update(before.id, title_patch("first"), Precondition::None)
+                .await
+        })
+    };
+    db.until_lock_waits(|w| w.len() == 1).await;
+    let statuses = [Status::Done, Status::InProgress, Status::Done];
+    let rest: Vec<_> = statuses
+        .iter()
+        .map(|&status| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                repo.update(before.id, status_patch(status), Precondition::None)
+                    .await
+            })
+        })
+        .collect();
+    until_waiting_updates(&repo, 3).await;
+
+    // The first update's caller goes away (a client disconnecting mid-request): its statement
+    // is already on the server, and the three that waited for it are taken up at once, to go
+    // there as one (on another connection, or queued behind the first statement on its own).
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    until_waiting_updates(&repo, 0).await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    let mut versions = Vec::new();
+    for (status, outcome) in statuses.iter().zip(answered(rest).await) {
+        let task = outcome.unwrap();
+        assert_eq!(task.status, *status);
+        versions.push(task.version.get());
+    }
+    // Consecutive versions: the three were one UPDATE.
+    versions.sort_unstable();
+    assert_eq!(versions[2] - versions[0], 2, "{versions:?}");
+    // The abandoned statement landed too, before or after them.
+    db.until_lock_waits(<[String]>::is_empty).await;
+    let after = repo.get(before.id).await.unwrap();
+    assert_eq!(after.version.get(), before.version.get() + 4);
+    assert_eq!(after.title.as_str(), "first");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_update_never_waits_in_the_process() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 4;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let before = create(&repo, "hot", Status::Todo).await;
+    let blocker = lock_the_row(&db, before.id).await;
+
+    let first = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            repo.update(before.id, status_patch(Status::Done), Precondition::None)
+                .await
+        })
+    };
+    db.until_lock_waits(|w| w.len() == 1).await;
+    // Its outcome depends on the row as PostgreSQL has it, so it goes there, and waits there.
+    let conditional = {
+        let repo = repo.clone();
+        tokio::spawn(async move {
+            repo.update(
+                before.id,
+                title_patch("only at version 1"),
+                Precondition::Version(before.version),
+            )
+            .await
+        })
+    };
+    db.until_lock_waits(|w| w.len() == 2).await;
+    assert_eq!(repo.waiting_updates(), 0);
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+
+    let first = first.await.unwrap().unwrap();
+    match conditional.await.unwrap() {
+        // The unconditional one came first, as it queued first for the row.
+        Err(RepoError::PreconditionFailed) => {
+            assert_eq!(repo.get(before.id).await.unwrap(), first);
+        }
+        Ok(task) => {
+            assert_eq!(task.version.get(), before.version.get() + 1);
+            assert_eq!(first.version.get(), before.version.get() + 2);
+        }
+        Err(e) => panic!("{e:?}"),
+    }
+}
