@@ -33,7 +33,7 @@ SCENARIOS = [
     ("update", "update (PUT)", "pgbench_insert", None),
     ("delete", "delete", "pgbench_insert", None),
     ("mix", "90/10 read/write mix", "scenario:list3", ("ratio", 0.40)),
-    ("mix@ceiling", "90/10 mix, against its write ceiling", "x10:pgbench_update", None),
+    ("mix@ceiling", "90/10 mix, against one UPDATE per PUT", "x10:pgbench_update", None),
     ("first_1k", "first page, 1,000 tasks (uncached)", "pgbench_select", None),
     ("first_1m", "first page, 1,000,000 tasks (uncached)", "scenario:first_1k", ("p50_of", "first_1k", 1.5)),
     ("sqlite_list100", "SQLite: list, cached, 100 rows", "nginx_list100", None),

@@ -1,6 +1,7 @@
 //! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
 //! requests and latency per route, method and status; the list cache's hits, misses and
-//! errors; the PostgreSQL pool; the Redis circuit breaker.
+//! errors; the PostgreSQL pool, its search slots and its combined updates; the Redis circuit
+//! breaker.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -26,6 +27,10 @@ pub struct PoolGauges {
     pub search_slots: usize,
     pub searches_running: usize,
     pub searches_waiting: usize,
+    /// Updates waiting for an update of the same task to end, and those written with at least
+    /// one other in one `UPDATE` since start (`tasklane-postgres`'s `combine.rs`).
+    pub updates_waiting: usize,
+    pub updates_combined: u64,
 }
 
 type PoolProbe = Box<dyn Fn() -> PoolGauges + Send + Sync>;
@@ -150,12 +155,22 @@ impl Metrics {
                     "Text searches waiting for a slot",
                     p.searches_waiting,
                 ),
+                (
+                    "updates_waiting",
+                    "Updates waiting in the process for an update of the same task to end",
+                    p.updates_waiting,
+                ),
             ] {
                 let _ = writeln!(
                     text,
                     "# HELP tasklane_db_{name} {help}\n# TYPE tasklane_db_{name} gauge\ntasklane_db_{name} {value}"
                 );
             }
+            let _ = writeln!(
+                text,
+                "# HELP tasklane_db_updates_combined_total Updates written with at least one other update of the same task in one UPDATE\n# TYPE tasklane_db_updates_combined_total counter\ntasklane_db_updates_combined_total {}",
+                p.updates_combined
+            );
         }
         if let Some(breaker) = &self.breaker {
             let current = breaker();

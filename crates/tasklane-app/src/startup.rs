@@ -388,6 +388,8 @@ impl Application {
                     search_slots: searches.max,
                     searches_running: searches.running,
                     searches_waiting: searches.waiting,
+                    updates_waiting: repo.waiting_updates(),
+                    updates_combined: repo.combined_updates(),
                 }
             }) as Box<dyn Fn() -> PoolGauges + Send + Sync>
         });

@@ -8,21 +8,28 @@
 //! benchmark) is limited to one write per flush. Combined, the updates waiting for one task
 //! need one statement, one lock and one flush between them.
 //!
-//! What each caller gets is what it would have got had the updates run one after another, in
-//! the order they arrived: the `UPDATE` applies all their patches (the last value of each
-//! field wins), steps the version once per update and `updated_at` by one microsecond per
-//! update, and each caller's answer is the state after its own patch. For that to be computed
-//! from the row the `UPDATE` returns, a batch holds only patches that set no field the first
-//! patch of the batch does not set ([`batch_len`]); an update that sets another field starts
-//! the next batch. Every intermediate state existed only inside the transaction, which no
-//! reader can observe, so the history is still linearizable: the combined updates were all in
-//! flight together, and each takes effect, in turn, at the batch's commit.
+//! What each caller gets is what it would have got had the updates of its batch run one after
+//! another: the `UPDATE` applies all their patches (the last value of each field wins), steps
+//! the version once per update and `updated_at` by one microsecond per update, and each
+//! caller's answer is the state after its own patch. For that to be computed from the row the
+//! `UPDATE` returns, a batch holds only patches that set no field the first patch of the batch
+//! does not set ([`next_batch`]); the others make the next batches (at most one per set of
+//! fields). Waiting updates were all in flight together, so any order of them is a valid one,
+//! and every intermediate state existed only inside the transaction, which no reader can
+//! observe: the history is still linearizable, each update taking effect, in turn, at its
+//! batch's commit.
+//!
+//! An update whose caller went away before its batch was formed is not written (no one waits
+//! for its answer); one whose batch fails fails with it, and so do the rest of the waiting
+//! updates, at once, rather than each waiting for the same failure. No update waits longer
+//! than twice what one update may take on its own (the pool's wait plus the query timeout).
 //!
 //! Conditional updates (`If-Match` with a version) never wait here: their outcome depends on
 //! the row as PostgreSQL has it.
 
 use chrono::TimeDelta;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tasklane_domain::{RepoError, Task, TaskPatch, Version};
 use tokio::sync::oneshot;
@@ -37,6 +44,8 @@ pub(crate) struct Waiter {
 #[derive(Default)]
 pub(crate) struct Combiner {
     running: Mutex<HashMap<i64, Vec<Waiter>>>,
+    /// Updates written with at least one other in one `UPDATE`, since start.
+    combined: AtomicU64,
 }
 
 impl std::fmt::Debug for Combiner {
@@ -96,6 +105,19 @@ impl Combiner {
         drop(waiting);
     }
 
+    /// Counts the updates of a batch of `count` that was written, if it combined any.
+    pub(crate) fn record_written(&self, count: usize) {
+        if count > 1 {
+            self.combined
+                .fetch_add(u64::try_from(count).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
+    }
+
+    /// How many updates were written with at least one other in one `UPDATE`, since start.
+    pub(crate) fn combined(&self) -> u64 {
+        self.combined.load(Ordering::Relaxed)
+    }
+
     /// How many updates wait now, over all tasks.
     pub(crate) fn waiting(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
@@ -144,6 +166,12 @@ impl std::error::Error for Shared {
     }
 }
 
+/// What an update gets when the updates of its task ahead of it took longer than its bound:
+/// it may still be written, as with any write that is `Unavailable`.
+#[derive(Debug, thiserror::Error)]
+#[error("waited more than {} ms for the updates of this task ahead of this one", .0.as_millis())]
+pub(crate) struct WaitedTooLong(pub(crate) std::time::Duration);
+
 /// Which fields a patch sets: title, description, status.
 fn fields(patch: &TaskPatch) -> [bool; 3] {
     [
@@ -153,22 +181,28 @@ fn fields(patch: &TaskPatch) -> [bool; 3] {
     ]
 }
 
-/// How many of `patches`, from the first, make one batch: the first, and those after it that
-/// set only fields the first one sets.
-pub(crate) fn batch_len<'p>(patches: impl IntoIterator<Item = &'p TaskPatch>) -> usize {
-    let mut patches = patches.into_iter();
-    let Some(first) = patches.next() else {
-        return 0;
+/// Whether `patch` sets only fields among `allowed`.
+fn sets_only(patch: &TaskPatch, allowed: [bool; 3]) -> bool {
+    fields(patch)
+        .iter()
+        .zip(allowed)
+        .all(|(&sets, allowed)| !sets || allowed)
+}
+
+/// Takes the next batch out of `waiting`: the first waiter, and every other whose patch sets
+/// only fields the first one's sets, in their order. Waiters whose caller went away are
+/// dropped first. Empty when no waiter is left.
+pub(crate) fn next_batch(waiting: &mut Vec<Waiter>) -> Vec<Waiter> {
+    waiting.retain(|w| !w.reply.is_closed());
+    let Some(first) = waiting.first() else {
+        return Vec::new();
     };
-    let allowed = fields(first);
-    1 + patches
-        .take_while(|p| {
-            fields(p)
-                .iter()
-                .zip(allowed)
-                .all(|(&sets, allowed)| !sets || allowed)
-        })
-        .count()
+    let allowed = fields(&first.patch);
+    let (batch, rest) = std::mem::take(waiting)
+        .into_iter()
+        .partition(|w| sets_only(&w.patch, allowed));
+    *waiting = rest;
+    batch
 }
 
 /// `earlier` then `later`: each field's last value.
@@ -192,7 +226,7 @@ pub(crate) fn combined<'p>(patches: impl IntoIterator<Item = &'p TaskPatch>) -> 
 
 /// The task after each of `patches`, given the task after all of them (`last`, as the
 /// combined `UPDATE` returned it, its version and `updated_at` stepped once per patch). The
-/// patches must make one batch ([`batch_len`]): the fields the first one leaves alone are then
+/// patches must make one batch ([`next_batch`]): the fields the first one leaves alone are then
 /// the same before and after the batch, so `last` has their earlier values too.
 pub(crate) fn states(last: &Task, patches: &[TaskPatch]) -> Vec<Task> {
     let count = patches.len();
@@ -265,20 +299,72 @@ mod tests {
             .collect()
     }
 
+    /// A waiter per patch, and the receivers of their answers.
+    fn waiting(
+        patches: &[&TaskPatch],
+    ) -> (Vec<Waiter>, Vec<oneshot::Receiver<Result<Task, RepoError>>>) {
+        patches
+            .iter()
+            .map(|&patch| {
+                let (reply, answer) = oneshot::channel();
+                let patch = patch.clone();
+                (Waiter { patch, reply }, answer)
+            })
+            .unzip()
+    }
+
+    fn patches(waiters: &[Waiter]) -> Vec<TaskPatch> {
+        waiters.iter().map(|w| w.patch.clone()).collect()
+    }
+
     #[test]
-    fn a_batch_takes_the_patches_that_set_only_the_first_ones_fields() {
+    fn a_batch_takes_every_patch_that_sets_only_the_first_ones_fields() {
         let status = patch(None, None, Some(Status::Done));
+        let other_status = patch(None, None, Some(Status::Todo));
         let title = patch(Some("t"), None, None);
         let both = patch(Some("t"), None, Some(Status::Todo));
         let empty = TaskPatch::default();
-        assert_eq!(batch_len([]), 0);
-        assert_eq!(batch_len([&status]), 1);
-        assert_eq!(batch_len([&status, &status, &empty, &status]), 4);
-        assert_eq!(batch_len([&status, &status, &title, &status]), 2);
-        assert_eq!(batch_len([&both, &title, &status, &both, &empty]), 5);
-        assert_eq!(batch_len([&status, &both]), 1);
-        assert_eq!(batch_len([&empty, &status]), 1);
-        assert_eq!(batch_len([&empty, &empty]), 2);
+
+        let (mut left, _answers) = waiting(&[]);
+        assert!(next_batch(&mut left).is_empty());
+
+        let (mut left, _answers) = waiting(&[&status, &title, &other_status, &empty, &title]);
+        let batch = next_batch(&mut left);
+        assert_eq!(
+            patches(&batch),
+            [&status, &other_status, &empty].map(Clone::clone)
+        );
+        let batch = next_batch(&mut left);
+        assert_eq!(patches(&batch), [&title, &title].map(Clone::clone));
+        assert!(left.is_empty());
+        assert!(next_batch(&mut left).is_empty());
+
+        let (mut left, _answers) = waiting(&[&both, &title, &status, &empty]);
+        assert_eq!(next_batch(&mut left).len(), 4);
+
+        let (mut left, _answers) = waiting(&[&empty, &status, &empty]);
+        assert_eq!(
+            patches(&next_batch(&mut left)),
+            [&empty, &empty].map(Clone::clone)
+        );
+        assert_eq!(
+            patches(&next_batch(&mut left)),
+            std::slice::from_ref(&status)
+        );
+    }
+
+    #[test]
+    fn a_waiter_whose_caller_went_away_is_not_written() {
+        let status = patch(None, None, Some(Status::Done));
+        let title = patch(Some("t"), None, None);
+        let (mut left, mut answers) = waiting(&[&title, &status, &status]);
+        // The first caller went away: its patch neither runs nor decides the batch.
+        drop(answers.remove(0));
+        assert_eq!(
+            patches(&next_batch(&mut left)),
+            [&status, &status].map(Clone::clone)
+        );
+        assert!(left.is_empty());
     }
 
     #[test]
@@ -319,7 +405,9 @@ mod tests {
             ],
         ];
         for patches in batches {
-            assert_eq!(batch_len(&patches), patches.len(), "{patches:?}");
+            let refs: Vec<&TaskPatch> = patches.iter().collect();
+            let (mut left, _answers) = waiting(&refs);
+            assert_eq!(next_batch(&mut left).len(), patches.len(), "{patches:?}");
             let expected = one_by_one(&before, &patches);
             let last = expected.last().unwrap();
             // What the combined UPDATE returns is the combined patch applied once, with the

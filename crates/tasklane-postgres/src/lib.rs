@@ -5,7 +5,9 @@
 //! Start-up is [`build_pool`] (makes no connection), then [`migrate`], then
 //! [`PgTaskRepository::new`]. Every call the repository makes is bounded in time: waiting for,
 //! creating and recycling a pooled connection by the pool's timeouts, and each query by the
-//! repository's query timeout, after which the connection is cancelled and discarded.
+//! repository's query timeout, after which the connection is cancelled and discarded; an update
+//! waiting in the process for the updates of its task ahead of it (`combine.rs`) by twice the
+//! pool's wait plus the query timeout.
 
 mod combine;
 mod errors;

@@ -136,7 +136,7 @@ macro_rules! update_sql {
 const UPDATE: &str = update_sql!("1", "interval '1 microsecond'", "");
 const UPDATE_IF_VERSION: &str = update_sql!("1", "interval '1 microsecond'", " AND version = $5");
 /// The updates of one batch (`combine.rs`), `$5` of them, as one: their patches combined.
-const UPDATE_BATCH: &str = update_sql!("$5", "$5 * interval '1 microsecond'", "");
+const UPDATE_BATCH: &str = update_sql!("$5::bigint", "$5::bigint * interval '1 microsecond'", "");
 
 const DELETE: &str = "DELETE FROM tasks WHERE id = $1";
 const DELETE_IF_VERSION: &str = "DELETE FROM tasks WHERE id = $1 AND version = $2";
@@ -276,6 +276,8 @@ pub struct PgTaskRepository {
     searches: Arc<SearchSlots>,
     samples: Arc<Samples>,
     combiner: Arc<Combiner>,
+    /// The longest an update waits for the updates of its task ahead of it.
+    combined_wait: Duration,
 }
 
 impl PgTaskRepository {
@@ -299,6 +301,7 @@ impl PgTaskRepository {
             searches: Arc::new(SearchSlots::new(slots, wait)),
             samples: Arc::default(),
             combiner: Arc::default(),
+            combined_wait: 2 * (wait + query_timeout),
         }
     }
 
@@ -376,6 +379,12 @@ impl PgTaskRepository {
         self.combiner.waiting()
     }
 
+    /// How many updates were written with at least one other in one `UPDATE` (`combine.rs`),
+    /// since start: for `/metrics`.
+    pub fn combined_updates(&self) -> u64 {
+        self.combiner.combined()
+    }
+
     /// One `UPDATE` of the task: `None` when no row matched (the task is gone, or not at the
     /// version asked for).
     async fn update_row(
@@ -412,33 +421,39 @@ impl PgTaskRepository {
     /// arrive meanwhile, until none is left; in the background, so that no caller going away
     /// stops it.
     fn run_waiters(&self, id: TaskId, waiters: Vec<Waiter>) {
+        // Made before the task is spawned, so that it fails the waiters even if the runtime
+        // drops the task before it first runs (shutting down).
+        let unfinished = Abandon {
+            combiner: Arc::clone(&self.combiner),
+            id: Some(id.get()),
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            drop(waiters);
-            self.combiner.abandon(id.get());
             return;
         };
         let repo = self.clone();
         runtime.spawn(async move {
-            let mut unfinished = Abandon {
-                combiner: &repo.combiner,
-                id: Some(id.get()),
-            };
-            let mut waiters = waiters;
+            let mut unfinished = unfinished;
+            let mut waiting = waiters;
             loop {
-                while !waiters.is_empty() {
-                    let count = combine::batch_len(waiters.iter().map(|w| &w.patch));
+                loop {
+                    let batch = combine::next_batch(&mut waiting);
+                    if batch.is_empty() {
+                        break;
+                    }
+                    let count = batch.len();
                     let (patches, replies): (Vec<TaskPatch>, Vec<_>) =
-                        waiters.drain(..count).map(|w| (w.patch, w.reply)).unzip();
+                        batch.into_iter().map(|w| (w.patch, w.reply)).unzip();
                     let steps = Steps::Batch(i64::try_from(count).unwrap_or(i64::MAX));
                     let outcome = repo
                         .update_row(id, &combine::combined(&patches), steps)
                         .await;
+                    // A caller that went away no longer needs its answer: sends may fail.
                     match outcome {
                         Ok(Some(last)) => {
+                            repo.combiner.record_written(count);
                             for (reply, task) in
                                 replies.into_iter().zip(combine::states(&last, &patches))
                             {
-                                // A caller that went away no longer needs its answer.
                                 let _ = reply.send(Ok(task));
                             }
                         }
@@ -448,15 +463,17 @@ impl PgTaskRepository {
                             }
                         }
                         Err(error) => {
+                            // The rest would meet the same failure, one after another.
                             let error = Arc::new(error);
-                            for reply in replies {
+                            let rest = waiting.drain(..).map(|w| w.reply);
+                            for reply in replies.into_iter().chain(rest) {
                                 let _ = reply.send(Err(combine::shared(&error)));
                             }
                         }
                     }
                 }
                 match repo.combiner.next(id.get()) {
-                    Some(more) => waiters = more,
+                    Some(more) => waiting = more,
                     None => break,
                 }
             }
@@ -725,9 +742,15 @@ impl TaskRepository for PgTaskRepository {
                     .await?
                     .ok_or(RepoError::NotFound)
             }
-            Turn::Wait(answer) => answer
-                .await
-                .unwrap_or_else(|_| Err(RepoError::Unavailable(Box::new(combine::Abandoned)))),
+            // Bounded too: by twice what one update may take on its own. An update that gives
+            // up is not written if its batch has not been formed yet (its caller is gone).
+            Turn::Wait(answer) => match tokio::time::timeout(self.combined_wait, answer).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(_)) => Err(RepoError::Unavailable(Box::new(combine::Abandoned))),
+                Err(_) => Err(RepoError::Unavailable(Box::new(combine::WaitedTooLong(
+                    self.combined_wait,
+                )))),
+            },
         }
     }
 
@@ -919,8 +942,6 @@ fn invalid_counter(status: &str, e: impl std::error::Error + Send + Sync + 'stat
     RepoError::Unexpected(format!("the task counter for status {status:?} is invalid: {e}").into())
 }
 
-/// Reads a row of [`task_columns!`] into a `Task`, through the domain's constructors: a stored
-/// value the domain would refuse is a bug, reported as `Unexpected` rather than served.
 /// Which `UPDATE` [`PgTaskRepository::update_row`] runs.
 enum Steps {
     /// One update, unconditional.
@@ -949,12 +970,12 @@ impl Drop for Running<'_> {
 /// Held by the background run of waiting updates: if it stops before its end (a panic, the
 /// runtime shutting down), the updates still waiting for the task get an error instead of
 /// waiting forever, and the task's next update runs again.
-struct Abandon<'c> {
-    combiner: &'c Combiner,
+struct Abandon {
+    combiner: Arc<Combiner>,
     id: Option<i64>,
 }
 
-impl Drop for Abandon<'_> {
+impl Drop for Abandon {
     fn drop(&mut self) {
         if let Some(id) = self.id {
             self.combiner.abandon(id);
@@ -962,6 +983,8 @@ impl Drop for Abandon<'_> {
     }
 }
 
+/// Reads a row of [`task_columns!`] into a `Task`, through the domain's constructors: a stored
+/// value the domain would refuse is a bug, reported as `Unexpected` rather than served.
 fn task_from_row(row: &Row) -> Result<Task, RepoError> {
     let id: i64 = row.try_get(0).map_err(errors::from_pg)?;
     let invalid = |field: &'static str,

@@ -1129,6 +1129,18 @@ async fn updates_of_a_busy_task_wait_in_the_process_and_each_gets_its_own_state(
     settings.pool_size = 8;
     let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
     let before = create(&repo, "hot", Status::Todo).await;
+    // Counts the UPDATE statements that change the row.
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE row_updates (n serial);
+             CREATE FUNCTION count_row_update() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO row_updates DEFAULT VALUES; RETURN NULL; END $$;
+             CREATE TRIGGER count_row_update AFTER UPDATE ON tasks
+               FOR EACH ROW EXECUTE FUNCTION count_row_update();",
+        )
+        .await
+        .unwrap();
     let blocker = lock_the_row(&db, before.id).await;
 
     // The first update goes to the server and waits there for the row.
@@ -1169,6 +1181,18 @@ async fn updates_of_a_busy_task_wait_in_the_process_and_each_gets_its_own_state(
     }
     assert_eq!(answers[0].1.version.get(), before.version.get() + 1);
     assert_eq!(repo.waiting_updates(), 0);
+    assert_eq!(repo.combined_updates(), 24);
+    // The first, then one statement per set of fields among the 24 (four sets; three when the
+    // first to arrive sets the title and the status, which every patch but a description's
+    // fits), instead of 24.
+    let statements: i64 = db
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM row_updates", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!((3..=5).contains(&statements), "{statements} statements");
 
     // Each answer is what applying the updates one at a time, in the order of the versions
     // they got, gives: every version once, `updated_at` strictly increasing.
@@ -1282,9 +1306,15 @@ async fn waiting_updates_still_land_when_the_caller_of_the_running_one_goes_away
     // Consecutive versions: the three were one UPDATE.
     versions.sort_unstable();
     assert_eq!(versions[2] - versions[0], 2, "{versions:?}");
-    // The abandoned statement landed too, before or after them.
-    db.until_lock_waits(<[String]>::is_empty).await;
-    let after = repo.get(before.id).await.unwrap();
+    // The abandoned statement lands too, before or after them (once it has committed).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let after = repo.get(before.id).await.unwrap();
+        if after.version.get() == before.version.get() + 4 || Instant::now() > deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(after.version.get(), before.version.get() + 4);
     assert_eq!(after.title.as_str(), "first");
 }
@@ -1334,4 +1364,39 @@ async fn a_conditional_update_never_waits_in_the_process() {
         }
         Err(e) => panic!("{e:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_updates_fail_in_bounded_time_and_land_nothing_when_the_row_stays_locked() {
+    let db = TestDb::new().await;
+    let before = create(&db.repository().await, "stuck", Status::Todo).await;
+    let impatient = PgTaskRepository::new(db.pool().await, Duration::from_millis(200));
+    let blocker = lock_the_row(&db, before.id).await;
+
+    let started = Instant::now();
+    let updates: Vec<_> = (0..4)
+        .map(|i| {
+            let repo = impatient.clone();
+            tokio::spawn(async move {
+                repo.update(before.id, varied_patch(i), Precondition::None)
+                    .await
+            })
+        })
+        .collect();
+    // The first times out on the server and is cancelled; the three that waited for it go
+    // there as one statement, which times out in turn: each fails as unavailable.
+    for outcome in answered(updates).await {
+        assert!(
+            matches!(outcome, Err(RepoError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(impatient.waiting_updates(), 0);
+
+    // Nothing landed: the statements were cancelled, not left queued behind the lock.
+    db.until_lock_waits(<[String]>::is_empty).await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(db.repository().await.get(before.id).await.unwrap(), before);
 }
