@@ -1072,6 +1072,40 @@ async fn lock_the_row(db: &TestDb, id: TaskId) -> tokio_postgres::Client {
     blocker
 }
 
+/// A repository (a pool of 4), a task titled "hot", a trigger counting the `UPDATE` statements
+/// that change it (into `row_updates`), and another session holding its row lock.
+async fn a_locked_task() -> (TestDb, PgTaskRepository, Task, tokio_postgres::Client) {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 4;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let task = create(&repo, "hot", Status::Todo).await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE row_updates (n serial);
+             CREATE FUNCTION count_row_update() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO row_updates DEFAULT VALUES; RETURN NULL; END $$;
+             CREATE TRIGGER count_row_update AFTER UPDATE ON tasks
+               FOR EACH ROW EXECUTE FUNCTION count_row_update();",
+        )
+        .await
+        .unwrap();
+    let blocker = lock_the_row(&db, task.id).await;
+    (db, repo, task, blocker)
+}
+
+/// Starts `repo.update(id, patch, precondition)` in the background.
+fn spawn_update(
+    repo: &PgTaskRepository,
+    id: TaskId,
+    patch: TaskPatch,
+    precondition: Precondition,
+) -> tokio::task::JoinHandle<Result<Task, RepoError>> {
+    let repo = repo.clone();
+    tokio::spawn(async move { repo.update(id, patch, precondition).await })
+}
+
 /// Polls (for at most 5 s) until `count` updates wait in the process for their task.
 async fn until_waiting_updates(repo: &PgTaskRepository, count: usize) {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1124,33 +1158,10 @@ fn varied_patch(i: usize) -> TaskPatch {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_of_a_busy_task_wait_in_the_process_and_each_gets_its_own_state() {
-    let db = TestDb::new().await;
-    let mut settings = db.settings();
-    settings.pool_size = 8;
-    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
-    let before = create(&repo, "hot", Status::Todo).await;
-    // Counts the UPDATE statements that change the row.
-    db.client()
-        .await
-        .batch_execute(
-            "CREATE TABLE row_updates (n serial);
-             CREATE FUNCTION count_row_update() RETURNS trigger LANGUAGE plpgsql AS
-               $$ BEGIN INSERT INTO row_updates DEFAULT VALUES; RETURN NULL; END $$;
-             CREATE TRIGGER count_row_update AFTER UPDATE ON tasks
-               FOR EACH ROW EXECUTE FUNCTION count_row_update();",
-        )
-        .await
-        .unwrap();
-    let blocker = lock_the_row(&db, before.id).await;
+    let (db, repo, before, blocker) = a_locked_task().await;
 
     // The first update goes to the server and waits there for the row.
-    let first = {
-        let repo = repo.clone();
-        tokio::spawn(async move {
-            repo.update(before.id, varied_patch(0), Precondition::None)
-                .await
-        })
-    };
+    let first = spawn_update(&repo, before.id, varied_patch(0), Precondition::None);
     db.until_lock_waits(|w| w.len() == 1).await;
 
     // The next 24 wait in the process, holding no connection, while it runs.
@@ -1158,13 +1169,12 @@ async fn updates_of_a_busy_task_wait_in_the_process_and_each_gets_its_own_state(
     let rest: Vec<_> = patches
         .iter()
         .map(|patch| {
-            let (repo, patch) = (repo.clone(), patch.clone());
             let precondition = if patch.title.is_some() {
                 Precondition::Exists
             } else {
                 Precondition::None
             };
-            tokio::spawn(async move { repo.update(before.id, patch, precondition).await })
+            spawn_update(&repo, before.id, patch.clone(), precondition)
         })
         .collect();
     until_waiting_updates(&repo, 24).await;
@@ -1241,13 +1251,7 @@ async fn updates_waiting_for_a_task_deleted_meanwhile_are_not_found() {
         .unwrap();
 
     let updates: Vec<_> = (0..4)
-        .map(|i| {
-            let repo = repo.clone();
-            tokio::spawn(async move {
-                repo.update(task.id, varied_patch(i), Precondition::None)
-                    .await
-            })
-        })
+        .map(|i| spawn_update(&repo, task.id, varied_patch(i), Precondition::None))
         .collect();
     db.until_lock_waits(|w| w.len() == 1).await;
     until_waiting_updates(&repo, 3).await;
@@ -1261,31 +1265,13 @@ async fn updates_waiting_for_a_task_deleted_meanwhile_are_not_found() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waiting_updates_still_land_when_the_caller_of_the_running_one_goes_away() {
-    let db = TestDb::new().await;
-    let mut settings = db.settings();
-    settings.pool_size = 4;
-    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
-    let before = create(&repo, "hot", Status::Todo).await;
-    let blocker = lock_the_row(&db, before.id).await;
-
-    let first = {
-        let repo = repo.clone();
-        tokio::spawn(async move {
-            repo.update(before.id, title_patch("first"), Precondition::None)
-                .await
-        })
-    };
+    let (db, repo, before, blocker) = a_locked_task().await;
+    let first = spawn_update(&repo, before.id, title_patch("first"), Precondition::None);
     db.until_lock_waits(|w| w.len() == 1).await;
     let statuses = [Status::Done, Status::InProgress, Status::Done];
     let rest: Vec<_> = statuses
         .iter()
-        .map(|&status| {
-            let repo = repo.clone();
-            tokio::spawn(async move {
-                repo.update(before.id, status_patch(status), Precondition::None)
-                    .await
-            })
-        })
+        .map(|&status| spawn_update(&repo, before.id, status_patch(status), Precondition::None))
         .collect();
     until_waiting_updates(&repo, 3).await;
 
@@ -1321,33 +1307,21 @@ async fn waiting_updates_still_land_when_the_caller_of_the_running_one_goes_away
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conditional_update_never_waits_in_the_process() {
-    let db = TestDb::new().await;
-    let mut settings = db.settings();
-    settings.pool_size = 4;
-    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
-    let before = create(&repo, "hot", Status::Todo).await;
-    let blocker = lock_the_row(&db, before.id).await;
-
-    let first = {
-        let repo = repo.clone();
-        tokio::spawn(async move {
-            repo.update(before.id, status_patch(Status::Done), Precondition::None)
-                .await
-        })
-    };
+    let (db, repo, before, blocker) = a_locked_task().await;
+    let first = spawn_update(
+        &repo,
+        before.id,
+        status_patch(Status::Done),
+        Precondition::None,
+    );
     db.until_lock_waits(|w| w.len() == 1).await;
     // Its outcome depends on the row as PostgreSQL has it, so it goes there, and waits there.
-    let conditional = {
-        let repo = repo.clone();
-        tokio::spawn(async move {
-            repo.update(
-                before.id,
-                title_patch("only at version 1"),
-                Precondition::Version(before.version),
-            )
-            .await
-        })
-    };
+    let conditional = spawn_update(
+        &repo,
+        before.id,
+        title_patch("only at version 1"),
+        Precondition::Version(before.version),
+    );
     db.until_lock_waits(|w| w.len() == 2).await;
     assert_eq!(repo.waiting_updates(), 0);
     blocker.batch_execute("ROLLBACK").await.unwrap();
@@ -1375,13 +1349,7 @@ async fn waiting_updates_fail_in_bounded_time_and_land_nothing_when_the_row_stay
 
     let started = Instant::now();
     let updates: Vec<_> = (0..4)
-        .map(|i| {
-            let repo = impatient.clone();
-            tokio::spawn(async move {
-                repo.update(before.id, varied_patch(i), Precondition::None)
-                    .await
-            })
-        })
+        .map(|i| spawn_update(&impatient, before.id, varied_patch(i), Precondition::None))
         .collect();
     // The first times out on the server and is cancelled; the three that waited for it go
     // there as one statement, which times out in turn: each fails as unavailable.
