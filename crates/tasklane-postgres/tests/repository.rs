@@ -19,7 +19,16 @@ fn new_task(title: &str, description: &str, status: Status) -> NewTask {
 }
 
 async fn create(repo: &PgTaskRepository, title: &str, status: Status) -> Task {
-    repo.create(new_task(title, "", status), None)
+    create_described(repo, title, "", status).await
+}
+
+async fn create_described(
+    repo: &PgTaskRepository,
+    title: &str,
+    description: &str,
+    status: Status,
+) -> Task {
+    repo.create(new_task(title, description, status), None)
         .await
         .unwrap()
         .task
@@ -114,18 +123,13 @@ async fn create_stores_version_1_and_get_reads_back_the_same_task() {
     let db = TestDb::new().await;
     let repo = db.repository().await;
 
-    let task = repo
-        .create(
-            new_task(
-                "Learn Docker",
-                "Complete Docker tutorial series",
-                Status::InProgress,
-            ),
-            None,
-        )
-        .await
-        .unwrap()
-        .task;
+    let task = create_described(
+        &repo,
+        "Learn Docker",
+        "Complete Docker tutorial series",
+        Status::InProgress,
+    )
+    .await;
 
     assert_eq!(task.title.as_str(), "Learn Docker");
     assert_eq!(task.description.as_str(), "Complete Docker tutorial series");
@@ -135,14 +139,7 @@ async fn create_stores_version_1_and_get_reads_back_the_same_task() {
     assert_eq!(repo.get(task.id).await.unwrap(), task);
 
     // The longest values the domain allows, in multi-byte characters, survive the round trip.
-    let long = repo
-        .create(
-            new_task(&"é".repeat(255), &"🦀".repeat(10_000), Status::Done),
-            None,
-        )
-        .await
-        .unwrap()
-        .task;
+    let long = create_described(&repo, &"é".repeat(255), &"🦀".repeat(10_000), Status::Done).await;
     assert_eq!(repo.get(long.id).await.unwrap(), long);
     assert_eq!(long.title.as_str().chars().count(), 255);
     assert!(long.id.get() > task.id.get());
@@ -295,12 +292,7 @@ async fn search_is_case_insensitive_unicode_aware_and_literal() {
         ("C:temp", "", Status::Todo),
         ("Straße", "", Status::Todo),
     ] {
-        made.push(
-            repo.create(new_task(title, description, status), None)
-                .await
-                .unwrap()
-                .task,
-        );
+        made.push(create_described(&repo, title, description, status).await);
     }
     let titles = |tasks: Vec<Task>| -> Vec<String> {
         let mut t: Vec<String> = tasks.into_iter().map(|t| t.title.into_inner()).collect();
@@ -358,14 +350,7 @@ async fn search_is_case_insensitive_unicode_aware_and_literal() {
 async fn update_changes_only_the_given_fields_and_moves_version_and_updated_at() {
     let db = TestDb::new().await;
     let repo = db.repository().await;
-    let v1 = repo
-        .create(
-            new_task("Build API", "Create RESTful API", Status::Todo),
-            None,
-        )
-        .await
-        .unwrap()
-        .task;
+    let v1 = create_described(&repo, "Build API", "Create RESTful API", Status::Todo).await;
 
     let v2 = repo
         .update(v1.id, status_patch(Status::Done), Precondition::None)
@@ -912,14 +897,7 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
         .unwrap();
     let first = create(&repo, "TASK 4242: the report", Status::Done).await;
     let reversed = create(&repo, "4242 task, the other way round", Status::Done).await;
-    let second = repo
-        .create(
-            new_task("Call mum", "about task 4242 again", Status::Todo),
-            None,
-        )
-        .await
-        .unwrap()
-        .task;
+    let second = create_described(&repo, "Call mum", "about task 4242 again", Status::Todo).await;
     let third = create(&repo, "task 4242 too", Status::Done).await;
 
     // Before any sample, the whole text is looked up; the sample holds every task here.
