@@ -160,9 +160,10 @@ enum SearchBy {
     No,
     /// By the whole text, as a `LIKE` pattern the trigram indexes look up.
     Pattern,
-    /// The trigram indexes look up one rare word of the text (a `LIKE` pattern), and each row
-    /// found is checked for the whole text (`strpos`, which no index serves, so the planner
-    /// cannot bring the text's common trigrams back into the lookup): see `trigrams.rs`.
+    /// The trigram indexes look up one rare word of the text, or a few of its trigrams (a
+    /// `LIKE` pattern), and each row found is checked for the whole text (`strpos`, which no
+    /// index serves, so the planner cannot bring the text's other trigrams back into the
+    /// lookup): see `trigrams.rs`.
     Probe,
 }
 
@@ -325,9 +326,9 @@ impl PgTaskRepository {
         self.resample(self.samples.force()).await
     }
 
-    /// The word of `text` a search for it looks up in the trigram indexes instead of the whole
-    /// text, by the current sample, if any: for diagnostics and tests.
-    pub fn search_probe<'t>(&self, text: &'t str) -> Option<&'t str> {
+    /// The `LIKE` pattern a search for `text` looks up in the trigram indexes instead of the
+    /// whole text, by the current sample, if any: for diagnostics and tests.
+    pub fn search_probe(&self, text: &str) -> Option<String> {
         self.samples.current().probe(text)
     }
 
@@ -647,14 +648,12 @@ impl TaskRepository for PgTaskRepository {
     async fn list(&self, query: &ListQuery) -> Result<Page, RepoError> {
         let status = query.status.map(Status::as_str);
         let text = query.search.as_ref().map(|s| s.as_str());
-        // A search text with a rare word among common ones looks up only that word
-        // (`trigrams.rs`); any other, its whole text.
+        // A search text with a rare word among common ones looks up only that word, one of
+        // several words rare only together a trigram of each (`trigrams.rs`); any other, its
+        // whole text.
         let probe = text.and_then(|text| {
             self.resample_if_due();
-            self.samples
-                .current()
-                .probe(text)
-                .map(|word| format!("%{word}%"))
+            self.samples.current().probe(text)
         });
         let search = match (text, &probe) {
             (None, _) => SearchBy::No,

@@ -10,7 +10,17 @@
 //! finds rare, and another part made of trigrams most tasks contain, the indexes look up that
 //! rare word alone (a `LIKE '%word%'`), and each row they find is checked against the whole
 //! text. Any row containing the text contains the word, so the answer is the same; the sample
-//! only decides how it is found, and a poor sample only makes a search as slow as without it.
+//! only decides how it is found.
+//!
+//! A text of several words none of which is rare, each in one task in ten say (`review alpha`),
+//! costs the indexes all of its trigrams' posting lists too, about 10,000 entries each over
+//! 100,000 tasks, to find the few hundred tasks holding them all. Then the indexes look up one
+//! trigram of each of two or three of its words, the rarest, in the order they come in the text
+//! (`LIKE '%rev%alp%'`), when the sample says few tasks hold them all: a fraction of the posting
+//! lists for about the same rows, each again checked against the whole text. A row containing
+//! the text contains those trigrams in that order, so again the answer is the same. A sample
+//! that misjudges how rare the words are together can make such a search slower than the whole
+//! text's lookup (the rows found are each read from the table), never wrong.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -27,6 +37,14 @@ const COMMON: f64 = 0.2;
 /// ...and that word's rarest trigram is in at most this share of them, and none of its
 /// trigrams are common.
 const RARE: f64 = 0.02;
+/// A text is looked up by a few of its trigrams only when its own trigrams' posting lists add
+/// up to at least this many times the sampled tasks (a fifth of the table to read)...
+const COSTLY: f64 = 0.2;
+/// ...and the trigrams chosen cost at most this share of that...
+const SAVES: f64 = 0.5;
+/// ...and at most this many of them (one per word) bring the estimated share of tasks holding
+/// them all down to `RARE`.
+const KEYS_MAX: usize = 3;
 
 type Trigram = [char; 3];
 
@@ -63,16 +81,28 @@ impl TrigramSample {
         self.rows
     }
 
-    /// The word of `text` to look up in the indexes instead of the whole text, if there is one
-    /// worth it, as written in `text` (a substring of it, made only of letters and digits, so it
-    /// needs no escaping in a `LIKE` pattern).
-    pub(crate) fn probe<'t>(&self, text: &'t str) -> Option<&'t str> {
+    /// The `LIKE` pattern to look up in the indexes instead of the whole text, if one is worth
+    /// it: a rare word of the text (`%4242%`), or else one trigram of each of a few of its words
+    /// (`%rev%alp%`). Made of substrings of `text` as written, letters and digits only (so it
+    /// needs no escaping), to be lower-cased by the server as the text is.
+    pub(crate) fn probe(&self, text: &str) -> Option<String> {
         if self.rows == 0 {
             return None;
         }
-        let share = |t: &Trigram| {
-            f64::from(self.rows_with.get(t).copied().unwrap_or(0)) / f64::from(self.rows)
-        };
+        self.rare_word(text)
+            .map(|word| format!("%{word}%"))
+            .or_else(|| self.key_trigrams(text))
+    }
+
+    /// The share of the sampled tasks holding `trigram`.
+    fn share(&self, trigram: &Trigram) -> f64 {
+        f64::from(self.rows_with.get(trigram).copied().unwrap_or(0)) / f64::from(self.rows)
+    }
+
+    /// The word of `text` to look up in the indexes instead of the whole text, if there is one
+    /// worth it, as written in `text`.
+    fn rare_word<'t>(&self, text: &'t str) -> Option<&'t str> {
+        let share = |t: &Trigram| self.share(t);
         let mut most_common = 0.0_f64;
         let mut best: Option<(f64, &str)> = None;
         for word in words(text) {
@@ -95,6 +125,64 @@ impl TrigramSample {
             Some((rarest, word)) if most_common >= COMMON && rarest <= RARE => Some(word),
             _ => None,
         }
+    }
+
+    /// The pattern of the rarest trigrams of a few words of `text`, in the text's order, if
+    /// looking them up costs the indexes much less than the whole text and the sample says few
+    /// tasks hold them all (the words taken as independent).
+    fn key_trigrams(&self, text: &str) -> Option<String> {
+        // Each distinct word's rarest trigram made of ASCII letters and digits (whose
+        // lower-casing is the same, one character for one, on every server): its share, and
+        // where it is in `text`.
+        let mut keys: Vec<(f64, usize, &str)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut whole = 0.0;
+        for word in words(text) {
+            let folded = word.to_lowercase();
+            if !seen.insert(folded.clone()) {
+                continue;
+            }
+            whole += trigrams(&folded).map(|t| self.share(&t)).sum::<f64>();
+            let offset = word.as_ptr() as usize - text.as_ptr() as usize;
+            let rarest = word
+                .char_indices()
+                .zip(word.chars().skip(2))
+                .filter_map(|((at, _), _)| {
+                    let key = word.get(at..at + 3)?;
+                    let [a, b, c] = <[u8; 3]>::try_from(key.as_bytes()).ok()?;
+                    if !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        return None;
+                    }
+                    let trigram = [a, b, c].map(|b| char::from(b.to_ascii_lowercase()));
+                    Some((self.share(&trigram), offset + at, key))
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0));
+            keys.extend(rarest);
+        }
+        if whole < COSTLY {
+            return None;
+        }
+        keys.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (mut together, mut cost, mut chosen) = (1.0, 0.0, 0);
+        for (share, _, _) in &keys {
+            if together <= RARE || chosen == KEYS_MAX {
+                break;
+            }
+            together *= share;
+            cost += share;
+            chosen += 1;
+        }
+        if together > RARE || cost > SAVES * whole {
+            return None;
+        }
+        let mut chosen = keys[..chosen].to_vec();
+        chosen.sort_by_key(|&(_, at, _)| at);
+        let mut pattern = String::from("%");
+        for (_, _, key) in chosen {
+            pattern.push_str(key);
+            pattern.push('%');
+        }
+        Some(pattern)
     }
 }
 
@@ -214,25 +302,70 @@ mod tests {
     fn a_rare_word_beside_a_common_one_is_the_probe() {
         let sample = sample();
         assert_eq!(sample.rows(), 100);
-        assert_eq!(sample.probe("Task 4242"), Some("4242"));
-        assert_eq!(sample.probe("4242, task!"), Some("4242"));
+        assert_eq!(sample.probe("Task 4242").as_deref(), Some("%4242%"));
+        assert_eq!(sample.probe("4242, task!").as_deref(), Some("%4242%"));
         // The rarest of two candidates ("777" is in no sampled task; "review" in one in ten,
         // too many to be rare).
-        assert_eq!(sample.probe("task review 777"), Some("777"));
+        assert_eq!(sample.probe("task review 777").as_deref(), Some("%777%"));
     }
 
     #[test]
-    fn no_probe_without_both_a_common_part_and_a_rare_word() {
+    fn no_probe_unless_it_is_rare_and_saves_looking_up_common_trigrams() {
         let sample = sample();
-        // Nothing common: the whole text is as cheap to look up.
-        assert_eq!(sample.probe("review 4242"), None);
         // Nothing rare enough.
         assert_eq!(sample.probe("task review"), None);
-        // One word holding both common and rare trigrams: no part of it to look up alone.
-        assert_eq!(sample.probe("task4242"), None);
+        assert_eq!(sample.probe("review"), None);
+        // One word holding both common and rare trigrams: not a word to look up alone, but
+        // its first rarest trigram is.
+        assert_eq!(sample.probe("task4242").as_deref(), Some("%sk4%"));
+        // A rare word without a common one: its rarest trigram, if the rest costs enough.
+        assert_eq!(sample.probe("review 4242").as_deref(), Some("%424%"));
+        assert_eq!(sample.probe("4242"), None, "cheap to look up whole");
         // Words under three characters have no trigrams of their own.
         assert_eq!(sample.probe("task 42"), None);
         assert_eq!(TrigramSample::default().probe("task 4242"), None);
+    }
+
+    /// 1,300 tasks whose titles pair one of 10 words with one of 13, like the benchmark's:
+    /// "review" in one task in ten, "alpha" in one in thirteen, both in one in 130.
+    fn pairs() -> TrigramSample {
+        const A: [&str; 10] = [
+            "review", "budget", "deploy", "invoice", "meeting", "design", "hiring", "backup",
+            "release", "audit",
+        ];
+        const B: [&str; 13] = [
+            "alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india",
+            "juliet", "kilo", "lima", "mike",
+        ];
+        let titles: Vec<String> = (0..1300)
+            .map(|n| format!("task {n}: {} {}", A[n % 10], B[n / 10 % 13]))
+            .collect();
+        TrigramSample::from_texts(titles.iter().map(|t| [t.as_str(), ""]))
+    }
+
+    #[test]
+    fn words_rare_only_together_are_looked_up_by_a_trigram_of_each_in_their_order() {
+        let sample = pairs();
+        assert_eq!(sample.probe("Review Alpha").as_deref(), Some("%Rev%Alp%"));
+        assert_eq!(sample.probe("alpha, review").as_deref(), Some("%alp%rev%"));
+        assert_eq!(
+            sample.probe("review alpha review").as_deref(),
+            Some("%rev%alp%"),
+            "a word once"
+        );
+        // The two rarest of three words are enough; the third is left to the check.
+        assert_eq!(
+            sample.probe("review bravo echo").as_deref(),
+            Some("%bra%ech%")
+        );
+        // One common word alone, or with another that is in every task: not rare enough.
+        assert_eq!(sample.probe("budget"), None);
+        assert_eq!(sample.probe("budget task"), None);
+        // Trigrams with other than ASCII letters and digits are never keys.
+        let accented = TrigramSample::from_texts(
+            (0..100).map(|n| [if n % 10 == 0 { "résumé mike" } else { "kilo" }, ""]),
+        );
+        assert_eq!(accented.probe("RÉSUMÉ mike").as_deref(), Some("%SUM%mik%"));
     }
 
     #[test]
@@ -246,8 +379,8 @@ mod tests {
         );
         let sample = TrigramSample::from_texts((0..10).map(|_| ["task", ""]));
         assert_eq!(
-            sample.probe("TASK Zebra"),
-            Some("Zebra"),
+            sample.probe("TASK Zebra").as_deref(),
+            Some("%Zebra%"),
             "as written in the text"
         );
     }

@@ -903,7 +903,7 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
     // Before any sample, the whole text is looked up; the sample holds every task here.
     assert_eq!(repo.search_probe("task 4242"), None);
     assert_eq!(repo.resample_search_texts().await.unwrap(), 304);
-    assert_eq!(repo.search_probe("Task 4242"), Some("4242"));
+    assert_eq!(repo.search_probe("Task 4242").as_deref(), Some("%4242%"));
     assert_eq!(
         repo.search_probe("task 42"),
         None,
@@ -982,6 +982,70 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
         .is_empty());
 }
 
+/// A search text of words each in many tasks but together in few ("review alpha": one task in
+/// ten and one in thirteen) looks up a trigram of each, in order, and finds exactly what the
+/// whole text finds: the same tasks, in the same order, page by page.
+#[tokio::test]
+async fn a_search_looked_up_by_a_trigram_of_each_word_finds_what_the_whole_text_finds() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO tasks (title, description, created_at, updated_at) \
+             SELECT 'Task ' || g || ': ' \
+               || (ARRAY['review','budget','deploy','invoice','meeting','design','hiring', \
+                         'backup','release','audit'])[1 + g % 10] || ' ' \
+               || (ARRAY['alpha','bravo','charlie','delta','echo','foxtrot','golf','hotel', \
+                         'india','juliet','kilo','lima','mike'])[1 + g / 10 % 13], \
+               '', ts, ts FROM generate_series(1, 1300) AS g, \
+               LATERAL (SELECT now() - interval '1 hour' + g * interval '1 ms' AS ts) AS t",
+        )
+        .await
+        .unwrap();
+    // Both words, but not the text: in the other order, apart, or only across title and
+    // description. And the text in a description only.
+    for (title, description) in [
+        ("alpha review", ""),
+        ("review, then alpha", ""),
+        ("review", "alpha"),
+        ("Call mum", "after the REVIEW ALPHA meeting"),
+    ] {
+        create_described(&repo, title, description, Status::Todo).await;
+    }
+
+    assert_eq!(repo.resample_search_texts().await.unwrap(), 1304);
+    assert_eq!(
+        repo.search_probe("Review Alpha").as_deref(),
+        Some("%Rev%Alp%")
+    );
+    let rows = client
+        .query(
+            "SELECT id FROM tasks WHERE strpos(lower(title), 'review alpha') > 0 \
+             OR strpos(lower(description), 'review alpha') > 0 ORDER BY created_at DESC, id DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(expected.len(), 11, "ten titles and one description");
+
+    let mut query = ListQuery {
+        limit: Limit::new(4).unwrap(),
+        ..search("Review Alpha")
+    };
+    let mut found = Vec::new();
+    loop {
+        let page = repo.list(&query).await.unwrap();
+        found.extend(ids(&page.tasks));
+        match page.next {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => break,
+        }
+    }
+    assert_eq!(found, expected);
+}
+
 /// A database of 20 tasks, "Task 1" to "Task 20", and a repository on it.
 async fn twenty_tasks() -> (TestDb, PgTaskRepository) {
     let db = TestDb::new().await;
@@ -1031,8 +1095,8 @@ async fn sampling_gives_up_at_once_when_the_table_is_locked() {
     assert!(started.elapsed() < Duration::from_secs(1));
     assert!(db.lock_waits().await.is_empty());
     assert_eq!(
-        repo.search_probe("task 777"),
-        Some("777"),
+        repo.search_probe("task 777").as_deref(),
+        Some("%777%"),
         "the sample is kept"
     );
     blocker.batch_execute("ROLLBACK").await.unwrap();
