@@ -17,7 +17,8 @@
 //! at once; the first one reads the store, and the others that saw the same generation wait for
 //! its bytes instead of sending the same query. Keyed by the generation, so a reader that began
 //! after a write was acknowledged (and so sees a newer generation) never waits for a read that
-//! may predate that write.
+//! may predate that write. For the same reason a read's bytes, once it has finished, serve for a
+//! moment the readers that miss the same entry under the same generation (see `Recent`).
 
 use crate::idempotency::{Idempotency, IdempotencyKey, IDEMPOTENCY_KEY_TTL};
 use crate::ports::{
@@ -126,11 +127,64 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// A missed list entry, under the generation its readers saw.
 type FlightKey = (String, Generation);
 
-/// The list reads in flight (single-flight on cache misses). No runtime is needed: waiters are
-/// woken through their `Waker`s, so the domain stays free of tokio.
+/// How long a finished read's bytes serve readers that missed the same entry under the same
+/// generation ([`Recent`]). It only has to cover a lookup that was already on its way when the
+/// entry was stored; it also bounds how long this process can answer from memory while another
+/// process owes the cache a bump it cannot make (its Redis entries live longer anyway).
+const RECENT_FOR: Duration = Duration::from_secs(1);
+/// At most this many bytes of finished reads are kept.
+const RECENT_BYTES: usize = 2 << 20;
+
+/// The list reads in flight (single-flight on cache misses), and the latest finished ones. No
+/// runtime is needed: waiters are woken through their `Waker`s, so the domain stays free of
+/// tokio.
 #[derive(Default)]
 struct Flights {
     running: Mutex<HashMap<FlightKey, Arc<Flight>>>,
+    recent: Mutex<Recent>,
+}
+
+/// The bytes of the reads that finished under the newest generation a read was started under.
+///
+/// A lookup sent before a leader stored its entry misses, though the leader's bytes are just as
+/// good for it: they were read from the store after the generation it saw was current. Without
+/// this, such late readers find the flight over and each start another read of the store; under
+/// a write every few hundred microseconds, reads of one entry ran back to back, about one per
+/// write whatever the number of generations.
+#[derive(Default)]
+struct Recent {
+    generation: Option<Generation>,
+    pages: HashMap<String, (Instant, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn get(&self, (key, generation): &FlightKey, now: Instant) -> Option<Bytes> {
+        if self.generation != Some(*generation) {
+            return None;
+        }
+        let (at, bytes) = self.pages.get(key)?;
+        (now.duration_since(*at) < RECENT_FOR).then(|| bytes.clone())
+    }
+
+    fn put(&mut self, (key, generation): &FlightKey, bytes: &Bytes, now: Instant) {
+        match self.generation {
+            Some(newest) if newest > *generation => return,
+            Some(newest) if newest == *generation => {}
+            _ => {
+                self.generation = Some(*generation);
+                self.pages.clear();
+                self.bytes = 0;
+            }
+        }
+        if self.bytes + bytes.len() > RECENT_BYTES {
+            return;
+        }
+        self.bytes += bytes.len();
+        if let Some((_, old)) = self.pages.insert(key.clone(), (now, bytes.clone())) {
+            self.bytes -= old.len();
+        }
+    }
 }
 
 /// One store read, and the readers waiting for its bytes.
@@ -195,6 +249,7 @@ struct Lead<'a> {
 
 impl Lead<'_> {
     fn publish(&self, bytes: &Bytes) {
+        lock(&self.flights.recent).put(&self.key, bytes, Instant::now());
         self.flight.settle(Some(bytes.clone()));
     }
 }
@@ -217,12 +272,18 @@ impl Drop for Lead<'_> {
 enum Role<'a> {
     Lead(Lead<'a>),
     Follow(Follow),
+    /// A read of the same entry under the same generation has just finished: its bytes.
+    Done(Bytes),
 }
 
 impl Flights {
-    /// Joins the read of `key` running now, or starts one.
+    /// Joins the read of `key` running now, or takes the bytes of one just finished, or starts
+    /// one.
     fn join(&self, key: FlightKey) -> Role<'_> {
         let mut running = lock(&self.running);
+        if let Some(bytes) = lock(&self.recent).get(&key, Instant::now()) {
+            return Role::Done(bytes);
+        }
         if let Some(flight) = running.get(&key) {
             return Role::Follow(Follow(Arc::clone(flight)));
         }
@@ -392,6 +453,7 @@ impl TaskService {
         if let Some(generation) = missed_under {
             match self.flights.join((key.clone(), generation)) {
                 Role::Lead(l) => lead = Some(l),
+                Role::Done(bytes) => return Ok(bytes),
                 Role::Follow(follow) => {
                     if let Some(bytes) = follow.await {
                         return Ok(bytes);
@@ -1119,5 +1181,64 @@ mod tests {
             follower.await.ok().and_then(Result::ok),
             Some(Bytes::from_static(b"1 tasks"))
         );
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_misses_just_after_a_read_under_its_generation_ended_takes_its_bytes() {
+        let repo = Arc::new(GatedRepo::new());
+        // Both lookups miss under generation 7: the second was sent before the first reader's
+        // entry reached the cache. One store read and one store of the entry (the mock's
+        // count), not two.
+        let (svc, _) = gated_cached_service(&repo, |_| 7, 1);
+        repo.gate.add_permits(2);
+        let first = svc.list_rendered(&ListQuery::default(), render).await;
+        let late = svc.list_rendered(&ListQuery::default(), render).await;
+        assert_eq!(first.ok(), Some(Bytes::from_static(b"1 tasks")));
+        assert_eq!(late.ok(), Some(Bytes::from_static(b"1 tasks")));
+        assert_eq!(repo.entered.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_misses_under_a_newer_generation_reads_the_store_again() {
+        let repo = Arc::new(GatedRepo::new());
+        // A write's bump between the two lookups.
+        let (svc, _) = gated_cached_service(&repo, |n| 7 + n as u64, 2);
+        repo.gate.add_permits(2);
+        assert!(svc
+            .list_rendered(&ListQuery::default(), render)
+            .await
+            .is_ok());
+        assert!(svc
+            .list_rendered(&ListQuery::default(), render)
+            .await
+            .is_ok());
+        assert_eq!(repo.entered.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_finished_read_serves_its_generation_and_key_only_for_a_while() {
+        let (now, page) = (Instant::now(), Bytes::from_static(b"page"));
+        let key = |k: &str, g: u64| (k.to_owned(), Generation(g));
+        let mut recent = Recent::default();
+        recent.put(&key("a", 7), &page, now);
+        assert_eq!(recent.get(&key("a", 7), now), Some(page.clone()));
+        assert_eq!(recent.get(&key("a", 8), now), None);
+        assert_eq!(recent.get(&key("b", 7), now), None);
+        assert_eq!(recent.get(&key("a", 7), now + RECENT_FOR), None);
+
+        // An older generation's read is not kept; a newer one's replaces everything.
+        recent.put(&key("b", 6), &page, now);
+        assert_eq!(recent.get(&key("b", 6), now), None);
+        recent.put(&key("b", 8), &page, now);
+        assert_eq!(recent.get(&key("b", 8), now), Some(page.clone()));
+        assert_eq!(recent.get(&key("a", 7), now), None);
+        assert_eq!(recent.bytes, page.len());
+
+        // Bounded in bytes.
+        let big = Bytes::from(vec![b'x'; RECENT_BYTES]);
+        recent.put(&key("c", 8), &big, now);
+        assert_eq!(recent.get(&key("c", 8), now), None);
+        recent.put(&key("b", 8), &Bytes::from_static(b"longer page"), now);
+        assert_eq!(recent.bytes, "longer page".len());
     }
 }

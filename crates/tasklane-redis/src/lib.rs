@@ -313,7 +313,7 @@ impl RedisTaskCache {
             cmd.arg("NX");
         } else {
             // Every copy's generation is now stale.
-            self.local.clear();
+            self.local.clear(None);
         }
         self.call::<Value>(Request::Cmd(&cmd), deadline).await?;
         Ok(())
@@ -330,8 +330,12 @@ impl RedisTaskCache {
             let mut cmd = redis::cmd("GET");
             cmd.arg(self.keys.generation());
             let generation: Option<Vec<u8>> = self.call(Request::Cmd(&cmd), deadline).await?;
-            if generation.as_deref().and_then(entry::parse_generation) == Some(copied_under) {
+            let current = generation.as_deref().and_then(entry::parse_generation);
+            if current == Some(copied_under) {
                 return Ok(CacheLookup::Hit(payload));
+            }
+            if let Some(current) = current {
+                self.local.saw(current);
             }
             // Stale: a write moved the generation on. Redis may hold a newer entry (another
             // replica's); ask for it the usual way.
@@ -363,6 +367,7 @@ impl RedisTaskCache {
             self.seed_generation(false, deadline).await?;
             return Ok(CacheLookup::Miss(None));
         };
+        self.local.saw(current);
         Ok(match raw_entry.and_then(entry::decode) {
             Some((stored_under, payload)) if stored_under == current => {
                 if let Ok(ttl @ 1..) = u64::try_from(ttl_millis) {
@@ -416,10 +421,10 @@ impl RedisTaskCache {
             .ignore()
             .cmd("INCR")
             .arg(self.keys.generation());
-        match self.call::<(i64,)>(Request::Pipe(&pipe), deadline).await {
-            Ok(_) => {
+        match self.call::<(u64,)>(Request::Pipe(&pipe), deadline).await {
+            Ok((latest,)) => {
                 // Every copy's generation is now stale.
-                self.local.clear();
+                self.local.clear(Some(Generation(latest)));
                 Ok(())
             }
             Err(e) if !e.is_unavailable() => {

@@ -9,7 +9,9 @@
 //! TTL as before.
 //!
 //! Bounded in bytes; the least recently used copies go first, and a payload larger than an
-//! eighth of the budget is never copied.
+//! eighth of the budget is never copied. No copy is kept of an entry stored under a generation
+//! other than the last one this process saw in Redis (after a bump, or in a lookup's reply): it
+//! is stale already, and its next reader would pay a round trip to find that out.
 
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -29,6 +31,8 @@ struct Inner {
     copies: HashMap<String, Copy>,
     bytes: usize,
     clock: u64,
+    /// The generation this process last saw in Redis (a lookup's or a bump's reply).
+    latest: Option<Generation>,
 }
 
 #[derive(Debug)]
@@ -86,13 +90,25 @@ impl LocalCopies {
         }
     }
 
-    /// Keeps a copy of `payload`, computed under `generation`, until `expires`.
+    /// Notes the generation a reply from Redis carried.
+    pub(crate) fn saw(&self, generation: Generation) {
+        if self.enabled() {
+            self.lock().latest = Some(generation);
+        }
+    }
+
+    /// Keeps a copy of `payload`, computed under `generation`, until `expires`; unless this
+    /// process has since seen another generation in Redis: then the copy could only cost its
+    /// next reader a round trip to find it stale.
     pub(crate) fn put(&self, key: &str, generation: Generation, payload: Bytes, expires: Instant) {
         if !self.enabled() {
             return;
         }
         let mut inner = self.lock();
         inner.remove(key);
+        if inner.latest.is_some_and(|latest| latest != generation) {
+            return;
+        }
         let size = key.len() + payload.len();
         if size > self.max_bytes / 8 {
             return;
@@ -129,12 +145,14 @@ impl LocalCopies {
         }
     }
 
-    /// Forgets every copy (after this process moved the generation on: none can be served).
-    pub(crate) fn clear(&self) {
+    /// Forgets every copy (after this process moved the generation on, to `latest` if known:
+    /// none can be served).
+    pub(crate) fn clear(&self, latest: Option<Generation>) {
         if self.enabled() {
             let mut inner = self.lock();
             inner.copies.clear();
             inner.bytes = 0;
+            inner.latest = latest;
         }
     }
 
@@ -206,7 +224,7 @@ mod tests {
         );
         local.remove("a");
         assert_eq!(local.usage(), (1, 12));
-        local.clear();
+        local.clear(None);
         assert_eq!(local.usage(), (0, 0));
     }
 
@@ -236,6 +254,25 @@ mod tests {
         local.put("k", Generation(2), payload(100), later());
         assert_eq!(local.get("k", Instant::now()), None);
         assert_eq!(local.usage(), (0, 0));
+    }
+
+    #[test]
+    fn no_copy_is_kept_under_a_generation_other_than_the_latest_seen() {
+        let local = LocalCopies::new(1 << 20);
+        // This process bumped the generation to 8 while a read under 7 ran: its entry is stale
+        // before it is stored, and a copy would only cost its next reader a round trip.
+        local.clear(Some(Generation(8)));
+        local.put("k", Generation(7), payload(3), later());
+        assert_eq!(local.get("k", Instant::now()), None);
+        local.put("k", Generation(8), payload(3), later());
+        assert!(local.get("k", Instant::now()).is_some());
+        // A lookup saw another replica's bump.
+        local.saw(Generation(9));
+        local.put("j", Generation(8), payload(3), later());
+        assert_eq!(local.get("j", Instant::now()), None);
+        // Whatever the generation seen, a copy is still checked against Redis before use, so
+        // "k" may stay.
+        assert!(local.get("k", Instant::now()).is_some());
     }
 
     #[test]
