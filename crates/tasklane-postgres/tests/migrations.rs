@@ -152,9 +152,9 @@ async fn a_migration_recorded_by_a_newer_release_is_tolerated() {
 }
 
 /// An upgrade: a database at the previous release's schema (0001-0002), holding tasks, is
-/// migrated by this build. Only 0003 and 0004 run; 0003 fills the lower-cased copies of the tasks
+/// migrated by this build. Only 0003 to 0005 run; 0003 fills the lower-cased copies of the tasks
 /// that were already there, so that searching them works at once (and still matches what ILIKE
-/// does).
+/// does), and the counts the old triggers kept are still right and still kept.
 #[tokio::test]
 async fn upgrading_a_database_with_tasks_lets_search_find_them() {
     let db = TestDb::empty().await;
@@ -187,8 +187,8 @@ async fn upgrading_a_database_with_tasks_lets_search_find_them() {
 
     assert_eq!(
         migrate(&db.pool().await).await.unwrap(),
-        2,
-        "only 0003 and 0004"
+        3,
+        "only 0003 to 0005"
     );
     assert_eq!(ledger(&db).await, embedded());
 
@@ -226,4 +226,23 @@ async fn upgrading_a_database_with_tasks_lets_search_find_them() {
         .unwrap()
         .get(0);
     assert!(same);
+
+    // Counted when inserted under 0001's triggers; moved by 0005's.
+    let counts = || async {
+        let row = client
+            .query_one(
+                "SELECT (SELECT sum(n) FROM task_status_counts WHERE status = 'todo')::bigint, \
+                 (SELECT sum(n) FROM task_status_counts WHERE status = 'done')::bigint",
+                &[],
+            )
+            .await
+            .unwrap();
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    assert_eq!(counts().await, (4, 0));
+    client
+        .batch_execute("UPDATE tasks SET status = 'done' WHERE title = 'Unrelated'")
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (3, 1));
 }

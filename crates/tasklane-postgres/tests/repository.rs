@@ -530,7 +530,20 @@ async fn counts_follow_creates_status_changes_and_deletes() {
     repo.update(tasks[0].id, status_patch(Status::Done), Precondition::None)
         .await
         .unwrap();
-    // Neither a title change nor setting the same status moves a count.
+    // Neither a title change nor setting the same status moves a count, or even writes a
+    // counter row.
+    let client = db.client().await;
+    let counter_versions = || async {
+        client
+            .query_one(
+                "SELECT string_agg(xmin::text, ',' ORDER BY status, shard) FROM task_status_counts",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    let before = counter_versions().await;
     repo.update(tasks[1].id, title_patch("renamed"), Precondition::None)
         .await
         .unwrap();
@@ -541,11 +554,22 @@ async fn counts_follow_creates_status_changes_and_deletes() {
     )
     .await
     .unwrap();
+    assert_eq!(counter_versions().await, before);
     assert_eq!(repo.counts().await.unwrap(), counts(2, 2, 2));
 
     repo.delete(tasks[5].id, Precondition::None).await.unwrap();
     repo.delete(tasks[4].id, Precondition::None).await.unwrap();
     assert_eq!(repo.counts().await.unwrap(), counts(2, 1, 1));
+    assert_eq!(repo.counts().await.unwrap(), counted(&db).await);
+
+    // An UPDATE of many rows at once, run by hand, is counted row by row.
+    client
+        .batch_execute(
+            "UPDATE tasks SET status = CASE status WHEN 'todo' THEN 'done' ELSE 'todo' END",
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.counts().await.unwrap(), counts(2, 0, 2));
     assert_eq!(repo.counts().await.unwrap(), counted(&db).await);
 }
 
