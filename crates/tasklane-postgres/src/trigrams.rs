@@ -48,6 +48,23 @@ const KEYS_MAX: usize = 3;
 
 type Trigram = [char; 3];
 
+/// What the trigram indexes should look up instead of a search's whole text: a `LIKE` pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A rare word of the text (`%4242%`).
+    Word(String),
+    /// One trigram of each of a few words, in the text's order (`%rev%alp%`).
+    Trigrams(String),
+}
+
+impl Probe {
+    pub(crate) fn into_pattern(self) -> String {
+        match self {
+            Self::Word(p) | Self::Trigrams(p) => p,
+        }
+    }
+}
+
 /// How many of the sampled tasks contain each trigram of their words, title and description
 /// together, lower-cased.
 #[derive(Debug, Default)]
@@ -85,13 +102,13 @@ impl TrigramSample {
     /// it: a rare word of the text (`%4242%`), or else one trigram of each of a few of its words
     /// (`%rev%alp%`). Made of substrings of `text` as written, letters and digits only (so it
     /// needs no escaping), to be lower-cased by the server as the text is.
-    pub(crate) fn probe(&self, text: &str) -> Option<String> {
+    pub(crate) fn probe(&self, text: &str) -> Option<Probe> {
         if self.rows == 0 {
             return None;
         }
         self.rare_word(text)
-            .map(|word| format!("%{word}%"))
-            .or_else(|| self.key_trigrams(text))
+            .map(|word| Probe::Word(format!("%{word}%")))
+            .or_else(|| self.key_trigrams(text).map(Probe::Trigrams))
     }
 
     /// The share of the sampled tasks holding `trigram`.
@@ -284,6 +301,12 @@ fn trigrams(word: &str) -> impl Iterator<Item = Trigram> + '_ {
 mod tests {
     use super::*;
 
+    impl TrigramSample {
+        fn pattern(&self, text: &str) -> Option<String> {
+            self.probe(text).map(Probe::into_pattern)
+        }
+    }
+
     /// 100 tasks like the benchmark's: every one says "task", one in ten "review".
     fn sample() -> TrigramSample {
         let texts: Vec<(String, String)> = (1..=100)
@@ -302,28 +325,28 @@ mod tests {
     fn a_rare_word_beside_a_common_one_is_the_probe() {
         let sample = sample();
         assert_eq!(sample.rows(), 100);
-        assert_eq!(sample.probe("Task 4242").as_deref(), Some("%4242%"));
-        assert_eq!(sample.probe("4242, task!").as_deref(), Some("%4242%"));
+        assert_eq!(sample.pattern("Task 4242").as_deref(), Some("%4242%"));
+        assert_eq!(sample.pattern("4242, task!").as_deref(), Some("%4242%"));
         // The rarest of two candidates ("777" is in no sampled task; "review" in one in ten,
         // too many to be rare).
-        assert_eq!(sample.probe("task review 777").as_deref(), Some("%777%"));
+        assert_eq!(sample.pattern("task review 777").as_deref(), Some("%777%"));
     }
 
     #[test]
     fn no_probe_unless_it_is_rare_and_saves_looking_up_common_trigrams() {
         let sample = sample();
         // Nothing rare enough.
-        assert_eq!(sample.probe("task review"), None);
-        assert_eq!(sample.probe("review"), None);
+        assert_eq!(sample.pattern("task review"), None);
+        assert_eq!(sample.pattern("review"), None);
         // One word holding both common and rare trigrams: not a word to look up alone, but
         // its first rarest trigram is.
-        assert_eq!(sample.probe("task4242").as_deref(), Some("%sk4%"));
+        assert_eq!(sample.pattern("task4242").as_deref(), Some("%sk4%"));
         // A rare word without a common one: its rarest trigram, if the rest costs enough.
-        assert_eq!(sample.probe("review 4242").as_deref(), Some("%424%"));
-        assert_eq!(sample.probe("4242"), None, "cheap to look up whole");
+        assert_eq!(sample.pattern("review 4242").as_deref(), Some("%424%"));
+        assert_eq!(sample.pattern("4242"), None, "cheap to look up whole");
         // Words under three characters have no trigrams of their own.
-        assert_eq!(sample.probe("task 42"), None);
-        assert_eq!(TrigramSample::default().probe("task 4242"), None);
+        assert_eq!(sample.pattern("task 42"), None);
+        assert_eq!(TrigramSample::default().pattern("task 4242"), None);
     }
 
     /// 1,300 tasks whose titles pair one of 10 words with one of 13, like the benchmark's:
@@ -346,26 +369,32 @@ mod tests {
     #[test]
     fn words_rare_only_together_are_looked_up_by_a_trigram_of_each_in_their_order() {
         let sample = pairs();
-        assert_eq!(sample.probe("Review Alpha").as_deref(), Some("%Rev%Alp%"));
-        assert_eq!(sample.probe("alpha, review").as_deref(), Some("%alp%rev%"));
+        assert_eq!(sample.pattern("Review Alpha").as_deref(), Some("%Rev%Alp%"));
         assert_eq!(
-            sample.probe("review alpha review").as_deref(),
+            sample.pattern("alpha, review").as_deref(),
+            Some("%alp%rev%")
+        );
+        assert_eq!(
+            sample.pattern("review alpha review").as_deref(),
             Some("%rev%alp%"),
             "a word once"
         );
         // The two rarest of three words are enough; the third is left to the check.
         assert_eq!(
-            sample.probe("review bravo echo").as_deref(),
+            sample.pattern("review bravo echo").as_deref(),
             Some("%bra%ech%")
         );
         // One common word alone, or with another that is in every task: not rare enough.
-        assert_eq!(sample.probe("budget"), None);
-        assert_eq!(sample.probe("budget task"), None);
+        assert_eq!(sample.pattern("budget"), None);
+        assert_eq!(sample.pattern("budget task"), None);
         // Trigrams with other than ASCII letters and digits are never keys.
         let accented = TrigramSample::from_texts(
             (0..100).map(|n| [if n % 10 == 0 { "résumé mike" } else { "kilo" }, ""]),
         );
-        assert_eq!(accented.probe("RÉSUMÉ mike").as_deref(), Some("%SUM%mik%"));
+        assert_eq!(
+            accented.pattern("RÉSUMÉ mike").as_deref(),
+            Some("%SUM%mik%")
+        );
     }
 
     #[test]
@@ -373,13 +402,13 @@ mod tests {
         let sample = TrigramSample::from_texts([["task task", "task"], ["other", ""]]);
         assert_eq!(sample.rows_with.get(&['t', 'a', 's']), Some(&1));
         assert_eq!(
-            sample.probe("TASK other"),
+            sample.pattern("TASK other"),
             None,
             "other is in half the tasks"
         );
         let sample = TrigramSample::from_texts((0..10).map(|_| ["task", ""]));
         assert_eq!(
-            sample.probe("TASK Zebra").as_deref(),
+            sample.pattern("TASK Zebra").as_deref(),
             Some("%Zebra%"),
             "as written in the text"
         );

@@ -1054,6 +1054,23 @@ async fn a_search_looked_up_by_a_trigram_of_each_word_finds_what_the_whole_text_
     let expected: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
     assert_eq!(expected.len(), 11, "ten titles and one description");
 
+    // What the server is asked, seen while the table is locked: the trigrams, every row holding
+    // them fetched before the page is taken (not a walk of the list), and the whole text checked.
+    let blocker = lock_the_table(&db).await;
+    let waiting = {
+        let repo = repo.clone();
+        let search = tokio::spawn(async move { repo.list(&search("review alpha")).await });
+        let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
+        blocker.batch_execute("ROLLBACK").await.unwrap();
+        search.await.unwrap().unwrap();
+        waiting
+    };
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert!(
+        waiting[0].contains("MATERIALIZED") && waiting[0].contains("strpos("),
+        "{waiting:?}"
+    );
+
     let mut query = ListQuery {
         limit: Limit::new(4).unwrap(),
         ..search("Review Alpha")
