@@ -808,6 +808,18 @@ async fn lock_the_table(db: &TestDb) -> tokio_postgres::Client {
     blocker
 }
 
+/// The statement a search for `text` sends the server, seen while the table is locked.
+async fn search_statement(db: &TestDb, repo: &PgTaskRepository, text: &str) -> String {
+    let blocker = lock_the_table(db).await;
+    let (repo, text) = (repo.clone(), text.to_owned());
+    let running = tokio::spawn(async move { repo.list(&search(&text)).await });
+    let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    running.await.unwrap().unwrap();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    waiting.into_iter().next().unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_the_rest() {
     let db = TestDb::new().await;
@@ -937,22 +949,9 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
     // What the server is asked, seen while the table is locked: the rare word and a check of
     // the whole text for "task 4242", the whole text's pattern alone for "task 42".
     for (text, by_probe) in [("Task 4242", true), ("task 42", false)] {
-        let blocker = lock_the_table(&db).await;
-        let waiting = {
-            let repo = repo.clone();
-            let search = tokio::spawn(async move { repo.list(&search(text)).await });
-            let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
-            blocker.batch_execute("ROLLBACK").await.unwrap();
-            search.await.unwrap().unwrap();
-            waiting
-        };
-        assert_eq!(waiting.len(), 1, "{waiting:?}");
-        assert_eq!(
-            waiting[0].contains("strpos("),
-            by_probe,
-            "{text}: {waiting:?}"
-        );
-        assert!(waiting[0].contains("LIKE lower($1)"), "{waiting:?}");
+        let sent = search_statement(&db, &repo, text).await;
+        assert_eq!(sent.contains("strpos("), by_probe, "{text}: {sent}");
+        assert!(sent.contains("LIKE lower($1)"), "{sent}");
     }
 
     let ids = |tasks: &[Task]| tasks.iter().map(|t| t.id).collect::<Vec<_>>();
@@ -961,20 +960,14 @@ async fn a_search_looked_up_by_its_rare_word_finds_what_the_whole_text_finds() {
     assert!(!ids(&found.tasks).contains(&reversed.id));
 
     // Page by page, with and without a status filter.
-    let mut query = ListQuery {
+    let query = ListQuery {
         limit: Limit::new(1).unwrap(),
         ..search("task 4242")
     };
-    let mut pages = Vec::new();
-    loop {
-        let page = repo.list(&query).await.unwrap();
-        pages.extend(ids(&page.tasks));
-        match page.next {
-            Some(cursor) => query.cursor = Some(cursor),
-            None => break,
-        }
-    }
-    assert_eq!(pages, vec![third.id, second.id, first.id]);
+    assert_eq!(
+        ids(&all_pages(&repo, query).await.concat()),
+        vec![third.id, second.id, first.id]
+    );
     let done = repo
         .list(&ListQuery {
             status: Some(Status::Done),
@@ -1056,35 +1049,17 @@ async fn a_search_looked_up_by_a_trigram_of_each_word_finds_what_the_whole_text_
 
     // What the server is asked, seen while the table is locked: the trigrams, every row holding
     // them fetched before the page is taken (not a walk of the list), and the whole text checked.
-    let blocker = lock_the_table(&db).await;
-    let waiting = {
-        let repo = repo.clone();
-        let search = tokio::spawn(async move { repo.list(&search("review alpha")).await });
-        let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
-        blocker.batch_execute("ROLLBACK").await.unwrap();
-        search.await.unwrap().unwrap();
-        waiting
-    };
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    let sent = search_statement(&db, &repo, "review alpha").await;
     assert!(
-        waiting[0].contains("MATERIALIZED") && waiting[0].contains("strpos("),
-        "{waiting:?}"
+        sent.contains("MATERIALIZED") && sent.contains("strpos("),
+        "{sent}"
     );
 
-    let mut query = ListQuery {
+    let query = ListQuery {
         limit: Limit::new(4).unwrap(),
         ..search("Review Alpha")
     };
-    let mut found = Vec::new();
-    loop {
-        let page = repo.list(&query).await.unwrap();
-        found.extend(ids(&page.tasks));
-        match page.next {
-            Some(cursor) => query.cursor = Some(cursor),
-            None => break,
-        }
-    }
-    assert_eq!(found, expected);
+    assert_eq!(ids(&all_pages(&repo, query).await.concat()), expected);
 }
 
 /// A database of 20 tasks, "Task 1" to "Task 20", and a repository on it.
