@@ -151,6 +151,9 @@ const SAMPLE_TEXTS: &str = "SELECT title_folded, left(description_folded, 500) F
      TABLESAMPLE SYSTEM ((SELECT LEAST(100, 2000 * 100.0 / GREATEST(reltuples, 1)) \
      FROM pg_class WHERE oid = 'tasks'::regclass)::real) LIMIT 4000";
 
+/// The planner's estimate of the number of tasks (-1 before the table was first analyzed).
+const TABLE_ROWS: &str = "SELECT reltuples::float8 FROM pg_class WHERE oid = 'tasks'::regclass";
+
 /// At most 3 statuses × 16 shards rows, whatever the number of tasks.
 const COUNTS: &str = "SELECT status, SUM(n)::BIGINT FROM task_status_counts GROUP BY status";
 
@@ -369,11 +372,12 @@ impl PgTaskRepository {
                 .await?;
             let stmt = tx.prepare_cached(SAMPLE_TEXTS).await?;
             let rows = tx.query(&stmt, &[]).await?;
+            let table_rows: f64 = tx.query_one(TABLE_ROWS, &[]).await?.try_get(0)?;
             tx.commit().await?;
-            Ok(rows)
+            Ok((rows, table_rows))
         })
         .await;
-        let rows = self.settle(client, outcome)?;
+        let (rows, table_rows) = self.settle(client, outcome)?;
         let texts = rows
             .iter()
             .map(|row| {
@@ -383,7 +387,7 @@ impl PgTaskRepository {
             })
             .collect::<Result<Vec<_>, tokio_postgres::Error>>()
             .map_err(errors::from_pg)?;
-        let sample = TrigramSample::from_texts(texts);
+        let sample = TrigramSample::from_texts(texts).of_a_table_of(table_rows);
         let sampled = sample.rows();
         resampling.done(sample);
         Ok(sampled)
@@ -684,8 +688,8 @@ impl TaskRepository for PgTaskRepository {
         });
         let search = match (text, &probe) {
             (None, _) => SearchBy::No,
-            (Some(_), Some(Probe::Word(_))) => SearchBy::Probe,
-            (Some(_), Some(Probe::Trigrams(_))) => SearchBy::Trigrams,
+            (Some(_), Some(Probe::Pattern(_))) => SearchBy::Probe,
+            (Some(_), Some(Probe::FetchAll(_))) => SearchBy::Trigrams,
             (Some(_), None) => SearchBy::Pattern,
         };
         let pattern = probe

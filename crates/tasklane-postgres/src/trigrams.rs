@@ -45,22 +45,30 @@ const SAVES: f64 = 0.5;
 /// ...and at most this many of them (one per word) bring the estimated share of tasks holding
 /// them all down to `RARE`.
 const KEYS_MAX: usize = 3;
+/// Every row holding the trigrams is fetched (rather than leaving the planner free to walk the
+/// list in order instead) only when the sample puts them at most at this many: a walk costs
+/// about as much wherever the matches are spread evenly, whatever the table's size, while
+/// fetching them all costs what they number (about 2.5 us a row; a walk about 0.3 us a row
+/// passed, docs/PERFORMANCE.md section 15).
+const FETCH_MAX: f64 = 2000.0;
 
 type Trigram = [char; 3];
 
-/// What the trigram indexes should look up instead of a search's whole text: a `LIKE` pattern.
+/// What the trigram indexes should look up instead of a search's whole text: a `LIKE` pattern,
+/// a rare word of the text (`%4242%`) or one trigram of each of a few of its words (`%rev%alp%`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Probe {
-    /// A rare word of the text (`%4242%`).
-    Word(String),
-    /// One trigram of each of a few words, in the text's order (`%rev%alp%`).
-    Trigrams(String),
+    /// The planner chooses how: by the pattern, or by walking the list in order.
+    Pattern(String),
+    /// Every row holding the pattern is fetched, and the page sorted out of them: few rows, by
+    /// the sample, which the planner cannot know.
+    FetchAll(String),
 }
 
 impl Probe {
     pub(crate) fn into_pattern(self) -> String {
         match self {
-            Self::Word(p) | Self::Trigrams(p) => p,
+            Self::Pattern(p) | Self::FetchAll(p) => p,
         }
     }
 }
@@ -71,6 +79,8 @@ impl Probe {
 pub(crate) struct TrigramSample {
     rows: u32,
     rows_with: HashMap<Trigram, u32>,
+    /// How many tasks the table holds, by the planner's estimate when the sample was taken.
+    table_rows: f64,
 }
 
 impl TrigramSample {
@@ -93,6 +103,12 @@ impl TrigramSample {
         sample
     }
 
+    /// Notes the number of tasks in the table (the planner's estimate; -1 if it has none).
+    pub(crate) fn of_a_table_of(mut self, rows: f64) -> Self {
+        self.table_rows = rows.max(f64::from(self.rows));
+        self
+    }
+
     /// How many tasks were sampled.
     pub(crate) fn rows(&self) -> u32 {
         self.rows
@@ -106,9 +122,15 @@ impl TrigramSample {
         if self.rows == 0 {
             return None;
         }
-        self.rare_word(text)
-            .map(|word| Probe::Word(format!("%{word}%")))
-            .or_else(|| self.key_trigrams(text).map(Probe::Trigrams))
+        if let Some(word) = self.rare_word(text) {
+            return Some(Probe::Pattern(format!("%{word}%")));
+        }
+        let (pattern, together) = self.key_trigrams(text)?;
+        Some(if together * self.table_rows <= FETCH_MAX {
+            Probe::FetchAll(pattern)
+        } else {
+            Probe::Pattern(pattern)
+        })
     }
 
     /// The share of the sampled tasks holding `trigram`.
@@ -146,8 +168,8 @@ impl TrigramSample {
 
     /// The pattern of the rarest trigrams of a few words of `text`, in the text's order, if
     /// looking them up costs the indexes much less than the whole text and the sample says few
-    /// tasks hold them all (the words taken as independent).
-    fn key_trigrams(&self, text: &str) -> Option<String> {
+    /// tasks hold them all (the words taken as independent); and that share.
+    fn key_trigrams(&self, text: &str) -> Option<(String, f64)> {
         // Each distinct word's rarest trigram made of ASCII letters and digits (whose
         // lower-casing is the same, one character for one, on every server): its share, and
         // where it is in `text`.
@@ -199,7 +221,7 @@ impl TrigramSample {
             pattern.push_str(key);
             pattern.push('%');
         }
-        Some(pattern)
+        Some((pattern, together))
     }
 }
 
@@ -394,6 +416,28 @@ mod tests {
         assert_eq!(
             accented.pattern("RÉSUMÉ mike").as_deref(),
             Some("%SUM%mik%")
+        );
+    }
+
+    #[test]
+    fn the_rows_holding_the_trigrams_are_fetched_whole_only_when_few() {
+        // One task in 130 holds both words: 769 of 100,000 tasks, 7,692 of 1,000,000.
+        let fetched = Probe::FetchAll("%rev%alp%".to_owned());
+        assert_eq!(
+            pairs().of_a_table_of(100_000.0).probe("review alpha"),
+            Some(fetched)
+        );
+        let walked = Probe::Pattern("%rev%alp%".to_owned());
+        assert_eq!(
+            pairs().of_a_table_of(1_000_000.0).probe("review alpha"),
+            Some(walked)
+        );
+        // Before the table was first analyzed the planner says -1: the sample's own size.
+        assert_eq!(pairs().of_a_table_of(-1.0).table_rows, 1300.0);
+        // A rare word is left to the planner.
+        assert_eq!(
+            sample().of_a_table_of(100.0).probe("task 4242"),
+            Some(Probe::Pattern("%4242%".to_owned()))
         );
     }
 
