@@ -52,6 +52,11 @@ const MIGRATIONS: &[Migration] = &[
         name: "0004_list_index_carries_folded_texts",
         sql: include_str!("../../../migrations/sqlite/0004_list_index_carries_folded_texts.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_status_counts_follow_rows",
+        sql: include_str!("../../../migrations/sqlite/0005_status_counts_follow_rows.sql"),
+    },
 ];
 
 /// The embedded migrations, in order.
