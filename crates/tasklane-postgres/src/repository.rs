@@ -163,13 +163,14 @@ enum SearchBy {
     No,
     /// By the whole text, as a `LIKE` pattern the trigram indexes look up.
     Pattern,
-    /// The trigram indexes look up one rare word of the text (a `LIKE` pattern), and each row
-    /// found is checked for the whole text (`strpos`, which no index serves, so the planner
-    /// cannot bring the text's other trigrams back into the lookup): see `trigrams.rs`.
+    /// The trigram indexes look up a part of the text (a `LIKE` pattern: one rare word, or a
+    /// trigram of each of a few words), and each row found is checked for the whole text
+    /// (`strpos`, which no index serves, so the planner cannot bring the text's other trigrams
+    /// back into the lookup): see `trigrams.rs`. The planner may also walk the list instead.
     Probe,
-    /// As `Probe`, with a trigram of each of a few words as the pattern; and all the rows found
-    /// are fetched before the page is taken from them in order, so that the planner does not
-    /// walk the list instead (see `list_sql`).
+    /// As `Probe`, but every row holding the pattern is fetched before the page is taken from
+    /// them in order, so that the planner does not walk the list instead (see `list_sql`): for
+    /// the few rows the sample says hold a text's key trigrams (`Probe::FetchAll`).
     Trigrams,
 }
 
