@@ -171,14 +171,14 @@ enum SearchBy {
     /// As `Probe`, but every row holding the pattern is fetched before the page is taken from
     /// them in order, so that the planner does not walk the list instead (see `list_sql`): for
     /// the few rows the sample says hold a text's key trigrams (`Probe::FetchAll`).
-    Trigrams,
+    FetchAll,
 }
 
 const SEARCHES: [SearchBy; 4] = [
     SearchBy::No,
     SearchBy::Pattern,
     SearchBy::Probe,
-    SearchBy::Trigrams,
+    SearchBy::FetchAll,
 ];
 
 /// The list statements, one per combination of filters, indexed by [`list_sql_index`]. Only
@@ -192,7 +192,7 @@ fn list_sql_index(status: bool, search: SearchBy, cursor: bool) -> usize {
         SearchBy::No => 0,
         SearchBy::Pattern => 1,
         SearchBy::Probe => 2,
-        SearchBy::Trigrams => 3,
+        SearchBy::FetchAll => 3,
     };
     usize::from(status) + 2 * search + 8 * usize::from(cursor)
 }
@@ -225,7 +225,7 @@ fn list_sql(status: bool, search: SearchBy, cursor: bool) -> String {
                  OR description_folded LIKE lower(${p}) ESCAPE '\\')"
             ));
         }
-        SearchBy::Probe | SearchBy::Trigrams => {
+        SearchBy::Probe | SearchBy::FetchAll => {
             // The probe is letters and digits only: nothing to escape.
             let (p, text) = (next(), next());
             conditions.push(format!(
@@ -247,7 +247,7 @@ fn list_sql(status: bool, search: SearchBy, cursor: bool) -> String {
     } else {
         format!(" WHERE {}", conditions.join(" AND "))
     };
-    if search == SearchBy::Trigrams {
+    if search == SearchBy::FetchAll {
         // The sample says few tasks hold the trigrams looked up (`trigrams.rs`), but the
         // planner cannot know it: it estimates such a pattern at about one row in a hundred and,
         // for a page of 100, walks the list in order testing every row, which passes thousands
@@ -690,7 +690,7 @@ impl TaskRepository for PgTaskRepository {
         let search = match (text, &probe) {
             (None, _) => SearchBy::No,
             (Some(_), Some(Probe::Pattern(_))) => SearchBy::Probe,
-            (Some(_), Some(Probe::FetchAll(_))) => SearchBy::Trigrams,
+            (Some(_), Some(Probe::FetchAll(_))) => SearchBy::FetchAll,
             (Some(_), None) => SearchBy::Pattern,
         };
         let pattern = probe
@@ -708,7 +708,7 @@ impl TaskRepository for PgTaskRepository {
         if let Some(pattern) = &pattern {
             params.push((pattern, Type::TEXT));
         }
-        if let (SearchBy::Probe | SearchBy::Trigrams, Some(text)) = (search, &text) {
+        if let (SearchBy::Probe | SearchBy::FetchAll, Some(text)) = (search, &text) {
             params.push((text, Type::TEXT));
         }
         if let Some((created_at, id)) = &cursor {
@@ -1085,7 +1085,7 @@ mod tests {
             }
         }
         assert_eq!(shapes.len(), LIST_SQL.len());
-        let trigrams = list_sql(false, SearchBy::Trigrams, false);
+        let trigrams = list_sql(false, SearchBy::FetchAll, false);
         assert!(
             trigrams.contains(
                 "ARRAY(WITH found AS MATERIALIZED (SELECT id, created_at FROM tasks \
@@ -1134,7 +1134,7 @@ mod tests {
             if by_search {
                 params.push(&pattern);
             }
-            if matches!(search, SearchBy::Probe | SearchBy::Trigrams) {
+            if matches!(search, SearchBy::Probe | SearchBy::FetchAll) {
                 params.push(&text);
             }
             if after {
@@ -1191,7 +1191,7 @@ mod tests {
                     );
                 }
             } else if !by_status && !after {
-                if search == SearchBy::Trigrams {
+                if search == SearchBy::FetchAll {
                     // The order is kept out of the lookup's plan: no walk of the list in order.
                     // (Which index it then takes depends on the table's size: on 3,000 tasks, a
                     // bitmap of the list index; on the benchmark's 100,000, the trigram
