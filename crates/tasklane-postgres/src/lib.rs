@@ -1,6 +1,7 @@
 //! Tasklane's PostgreSQL adapter: the [`TaskRepository`](tasklane_domain::TaskRepository) port on
-//! tokio-postgres and a pool of deadpool pools, one per worker thread (`pool.rs`), and the schema migrations embedded from
-//! `migrations/postgres/`.
+//! tokio-postgres and a pool of deadpool pools, one per worker thread (`pool.rs`), where point
+//! reads made at the same time on a thread share a connection (`shared_reads.rs`), and the
+//! schema migrations embedded from `migrations/postgres/`.
 //!
 //! Start-up is [`build_pool`] (makes no connection), then [`migrate`], then
 //! [`PgTaskRepository::new`]. Every call the repository makes is bounded in time: waiting for,
@@ -16,6 +17,7 @@ mod pool;
 mod repository;
 mod search_slots;
 mod settings;
+mod shared_reads;
 mod trigrams;
 
 pub use migrate::{migrate, migrations, schema_fingerprint, MigrateError, Migration};

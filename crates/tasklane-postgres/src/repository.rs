@@ -4,6 +4,7 @@ use crate::combine::{self, Combiner, Turn, Waiter};
 use crate::errors::{self, InvalidRow, QueryTimeout};
 use crate::pool::{Client, Pool};
 use crate::search_slots::{default_search_slots, SearchSlots, SearchSlotsStatus};
+use crate::shared_reads::SharedReads;
 use crate::trigrams::{Probe, Samples, TrigramSample};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
@@ -18,7 +19,7 @@ use tasklane_domain::{
 use tokio::time::error::Elapsed;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{CancelToken, NoTls, Row};
 
 /// The columns every statement returns, in the order [`task_from_row`] reads them.
 macro_rules! task_columns {
@@ -310,6 +311,8 @@ pub struct PgTaskRepository {
     combiner: Arc<Combiner>,
     /// The longest an update waits for the updates of its task ahead of it.
     combined_wait: Duration,
+    /// Point reads made at the same time on a thread share a connection (`shared_reads.rs`).
+    point_reads: Arc<SharedReads>,
 }
 
 impl PgTaskRepository {
@@ -334,6 +337,7 @@ impl PgTaskRepository {
             samples: Arc::default(),
             combiner: Arc::default(),
             combined_wait: 2 * (wait + query_timeout),
+            point_reads: Arc::new(SharedReads::new()),
         }
     }
 
@@ -530,25 +534,28 @@ impl PgTaskRepository {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(errors::from_pg(e)),
             Err(_) => {
-                tracing::warn!(
-                    timeout_ms = QueryTimeout::millis(self.query_timeout),
-                    "query timed out; cancelling it and discarding its connection"
-                );
-                let cancel = client.cancel_token();
-                let bound = self.query_timeout.max(Duration::from_secs(1));
-                tokio::spawn(async move {
-                    if let Ok(Err(e)) =
-                        tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await
-                    {
-                        tracing::warn!(error = %e, "could not cancel a timed-out query");
-                    }
-                });
+                let timed_out = self.timed_out(client.cancel_token());
                 drop(Client::take(client));
-                Err(RepoError::Unavailable(Box::new(QueryTimeout(
-                    self.query_timeout,
-                ))))
+                Err(timed_out)
             }
         }
+    }
+
+    /// What a statement that ran out of time on a connection answers: the statement is
+    /// cancelled on the server (in the background, bounded too); the caller discards the
+    /// connection.
+    fn timed_out(&self, cancel: CancelToken) -> RepoError {
+        tracing::warn!(
+            timeout_ms = QueryTimeout::millis(self.query_timeout),
+            "query timed out; cancelling it and discarding its connection"
+        );
+        let bound = self.query_timeout.max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = tokio::time::timeout(bound, cancel.cancel_query(NoTls)).await {
+                tracing::warn!(error = %e, "could not cancel a timed-out query");
+            }
+        });
+        RepoError::Unavailable(Box::new(QueryTimeout(self.query_timeout)))
     }
 
     /// An idempotent create: one transaction that claims the key, then inserts the task and
@@ -655,13 +662,26 @@ impl TaskRepository for PgTaskRepository {
 
     #[tracing::instrument(level = "debug", skip(self))]
     async fn get(&self, id: TaskId) -> Result<Task, RepoError> {
-        let client = self.client().await?;
+        // On the connection other point reads on this thread are using, if any: the queries
+        // are pipelined (`shared_reads.rs`).
+        let lease = match self.point_reads.join() {
+            Some(lease) => lease,
+            None => self.point_reads.start(self.client().await?),
+        };
+        let client = lease.client();
         let outcome = tokio::time::timeout(self.query_timeout, async {
             let stmt = client.prepare_cached(SELECT_BY_ID).await?;
             client.query_opt(&stmt, &[&id.get()]).await
         })
         .await;
-        match self.settle(client, outcome)? {
+        let row = match outcome {
+            Ok(row) => row.map_err(errors::from_pg)?,
+            Err(_) => {
+                lease.break_off();
+                return Err(self.timed_out(client.cancel_token()));
+            }
+        };
+        match row {
             Some(row) => task_from_row(&row),
             None => Err(RepoError::NotFound),
         }

@@ -1426,3 +1426,122 @@ async fn waiting_updates_fail_in_bounded_time_and_land_nothing_when_the_row_stay
     blocker.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(db.repository().await.get(before.id).await.unwrap(), before);
 }
+
+/// Holds an ACCESS EXCLUSIVE lock on `tasks` (which blocks even reads) until rolled back, and
+/// starts a read of `id` that waits behind it, on the repository's connection.
+async fn block_reads_behind_a_lock(
+    db: &TestDb,
+    repo: &PgTaskRepository,
+    id: TaskId,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<Task, RepoError>>,
+) {
+    let locker = db.client().await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let first = tokio::spawn({
+        let repo = repo.clone();
+        async move { repo.get(id).await }
+    });
+    db.until_lock_waits(|waits| waits.len() == 1).await;
+    (locker, first)
+}
+
+#[tokio::test]
+async fn point_reads_at_the_same_time_share_one_connection() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 1;
+    settings.wait_timeout = Duration::from_millis(200);
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let a = create(&repo, "a", Status::Todo).await;
+    let b = create(&repo, "b", Status::Done).await;
+
+    // The first read holds the pool's only connection, its query waiting behind the lock.
+    let (locker, first) = block_reads_behind_a_lock(&db, &repo, a.id).await;
+    // The second one (same thread) sends its query on that connection rather than waiting for
+    // the connection to come back, which it would give up on after 200 ms.
+    let second = tokio::spawn({
+        let repo = repo.clone();
+        async move { repo.get(b.id).await }
+    });
+    tokio::time::sleep(settings.wait_timeout * 2).await;
+    assert!(!second.is_finished(), "{:?}", second.await);
+    assert_eq!(repo.pool().status().size, 1);
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), a);
+    assert_eq!(second.await.unwrap().unwrap(), b);
+    // Back in the pool, ready for anything.
+    assert_eq!(repo.pool().status().available, 1);
+    repo.update(a.id, title_patch("after"), Precondition::None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_shared_connection_carries_sixteen_reads_at_most() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 2;
+    settings.shards = 1;
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout);
+    let task = create(&repo, "read", Status::Todo).await;
+
+    let (locker, first) = block_reads_behind_a_lock(&db, &repo, task.id).await;
+    let read = || {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.get(task.id).await })
+    };
+    // Fifteen more join the first one's connection; the seventeenth checks out another.
+    let mut reads: Vec<_> = (0..16).map(|_| read()).collect();
+    db.until_lock_waits(|waits| waits.len() == 2).await;
+    assert_eq!(repo.pool().status().size, 2);
+    // Later reads join the newest connection.
+    reads.extend((0..3).map(|_| read()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(repo.pool().status().size, 2);
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), task);
+    for r in reads {
+        assert_eq!(r.await.unwrap().unwrap(), task);
+    }
+    assert_eq!(repo.pool().status().available, 2);
+}
+
+#[tokio::test]
+async fn a_shared_read_past_the_query_timeout_takes_its_connection_out_of_the_pool() {
+    let db = TestDb::new().await;
+    let task = create(&db.repository().await, "locked", Status::Todo).await;
+    let impatient = PgTaskRepository::new(db.pool().await, Duration::from_millis(300));
+    assert_eq!(impatient.pool().status().size, 1);
+
+    let (locker, first) = block_reads_behind_a_lock(&db, &impatient, task.id).await;
+    // Well after the first, so that the first's cancel has reached the server before the second
+    // times out (a cancel sent between two statements is lost).
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn({
+        let repo = impatient.clone();
+        async move { repo.get(task.id).await }
+    });
+    for read in [first, second] {
+        let outcome = read.await.unwrap();
+        assert!(
+            matches!(outcome, Err(RepoError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        impatient.pool().status().size,
+        0,
+        "the timed-out connection is not returned to the pool"
+    );
+    // Cancelled on the server too: nothing waits behind the lock any more.
+    db.until_lock_waits(<[String]>::is_empty).await;
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(impatient.get(task.id).await.unwrap(), task);
+}
