@@ -157,12 +157,14 @@ pub fn if_match(headers: &HeaderMap) -> Precondition {
 }
 
 /// Does `If-None-Match` list this tag (weak comparison, RFC 9110 §13.1.2)?
+/// Nothing is allocated: this runs on every revalidation of a cached list.
 pub fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
-    let Some(tags) = listed_tags(headers, header::IF_NONE_MATCH) else {
-        return false;
-    };
-    let bare = |t: &str| t.strip_prefix("W/").unwrap_or(t).to_owned();
-    tags.iter().any(|t| t == "*" || bare(t) == etag)
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|text| text.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == etag)
 }
 
 #[cfg(test)]
@@ -217,6 +219,23 @@ mod tests {
             &headers(header::IF_NONE_MATCH, "*"),
             "\"v1\""
         ));
+        // No header, empty entries, and tags only in a later header line.
+        assert!(!if_none_match(&HeaderMap::new(), "\"v1\""));
+        assert!(!if_none_match(
+            &headers(header::IF_NONE_MATCH, " , ,"),
+            "\"v1\""
+        ));
+        let mut lines = headers(header::IF_NONE_MATCH, "\"v1\"");
+        lines.append(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_bytes(b"\"v\xe9\", W/\"v2\"").unwrap(),
+        );
+        lines.append(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"v5\""));
+        assert!(if_none_match(&lines, "\"v5\""));
+        assert!(
+            !if_none_match(&lines, "\"v2\""),
+            "an unreadable line is skipped whole"
+        );
     }
 
     #[test]
