@@ -312,7 +312,7 @@ pub struct PgTaskRepository {
     /// The longest an update waits for the updates of its task ahead of it.
     combined_wait: Duration,
     /// Point reads made at the same time on a thread share a connection (`shared_reads.rs`).
-    point_reads: Arc<SharedReads>,
+    point_reads: SharedReads,
 }
 
 impl PgTaskRepository {
@@ -337,7 +337,7 @@ impl PgTaskRepository {
             samples: Arc::default(),
             combiner: Arc::default(),
             combined_wait: 2 * (wait + query_timeout),
-            point_reads: Arc::new(SharedReads::new()),
+            point_reads: SharedReads::new(),
         }
     }
 

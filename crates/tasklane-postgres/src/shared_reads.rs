@@ -40,8 +40,9 @@ thread_local! {
     static CURRENT: RefCell<Vec<(usize, Weak<Lease>)>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One repository's shared point reads (see the module's documentation).
-#[derive(Debug)]
+/// One repository's shared point reads (see the module's documentation); its clones share its
+/// leases.
+#[derive(Clone, Debug)]
 pub(crate) struct SharedReads {
     id: usize,
 }
