@@ -164,6 +164,12 @@ enum SearchBy {
     No,
     /// By the whole text, as a `LIKE` pattern the trigram indexes look up.
     Pattern,
+    /// By the whole text, walking the list in order: a prepared statement whose pattern the
+    /// planner cannot see (`LIKE (SELECT lower($p))`), so its plan is the walk whatever the text,
+    /// planned once per connection rather than for each search. For a text the sample says many
+    /// tasks hold (`TrigramSample::walks`), without a status filter (with one, a plan blind to
+    /// the pattern intersects the status index with the trigram indexes instead).
+    Walk,
     /// The trigram indexes look up a part of the text (a `LIKE` pattern: one rare word, or a
     /// trigram of each of a few words), and each row found is checked for the whole text
     /// (`strpos`, which no index serves, so the planner cannot bring the text's other trigrams
@@ -175,18 +181,19 @@ enum SearchBy {
     FetchAll,
 }
 
-const SEARCHES: [SearchBy; 4] = [
+const SEARCHES: [SearchBy; 5] = [
     SearchBy::No,
     SearchBy::Pattern,
     SearchBy::Probe,
     SearchBy::FetchAll,
+    SearchBy::Walk,
 ];
 
 /// The list statements, one per combination of filters, indexed by [`list_sql_index`]. Only
-/// these twelve texts exist; the unsearched ones are prepared once per connection and kept in
-/// its statement cache.
-static LIST_SQL: LazyLock<[String; 16]> =
-    LazyLock::new(|| std::array::from_fn(|i| list_sql(i % 2 == 1, SEARCHES[i / 2 % 4], i >= 8)));
+/// these texts exist; the unsearched ones and the walks are prepared once per connection and
+/// kept in its statement cache.
+static LIST_SQL: LazyLock<[String; 20]> =
+    LazyLock::new(|| std::array::from_fn(|i| list_sql(i % 2 == 1, SEARCHES[i / 2 % 5], i >= 10)));
 
 fn list_sql_index(status: bool, search: SearchBy, cursor: bool) -> usize {
     let search = match search {
@@ -194,13 +201,14 @@ fn list_sql_index(status: bool, search: SearchBy, cursor: bool) -> usize {
         SearchBy::Pattern => 1,
         SearchBy::Probe => 2,
         SearchBy::FetchAll => 3,
+        SearchBy::Walk => 4,
     };
-    usize::from(status) + 2 * search + 8 * usize::from(cursor)
+    usize::from(status) + 2 * search + 10 * usize::from(cursor)
 }
 
 /// The list statement for one combination of filters. The parameters, in order: the status if
-/// filtered; the search pattern if searched by pattern, or the probe's pattern and the search
-/// text if by probe; the cursor's `created_at` and `id` if any; then the row limit.
+/// filtered; the search pattern if searched by pattern or walk, or the probe's pattern and the
+/// search text if by probe; the cursor's `created_at` and `id` if any; then the row limit.
 fn list_sql(status: bool, search: SearchBy, cursor: bool) -> String {
     let mut conditions = Vec::with_capacity(4);
     let mut n = 0;
@@ -224,6 +232,17 @@ fn list_sql(status: bool, search: SearchBy, cursor: bool) -> String {
             conditions.push(format!(
                 "(title_folded LIKE lower(${p}) ESCAPE '\\' \
                  OR description_folded LIKE lower(${p}) ESCAPE '\\')"
+            ));
+        }
+        SearchBy::Walk => {
+            // As `Pattern`, but lower-cased in a subquery, run once (an init plan), which the
+            // planner cannot look into: the plan is the same for every pattern, so the
+            // prepared statement switches to one generic plan after its first five runs. The
+            // backslash that `like_pattern()` escapes with is `LIKE`'s default escape.
+            let p = next();
+            conditions.push(format!(
+                "(title_folded LIKE (SELECT lower(${p}::text)) \
+                 OR description_folded LIKE (SELECT lower(${p}::text)))"
             ));
         }
         SearchBy::Probe | SearchBy::FetchAll => {
@@ -700,25 +719,33 @@ impl TaskRepository for PgTaskRepository {
     async fn list(&self, query: &ListQuery) -> Result<Page, RepoError> {
         let status = query.status.map(Status::as_str);
         let text = query.search.as_ref().map(|s| s.as_str());
+        // One more row than asked for proves that a next page exists.
+        let fetch = query.limit.get() + 1;
         // A search text with a rare word among common ones looks up only that word, one of
-        // several words rare only together a trigram of each (`trigrams.rs`); any other, its
-        // whole text.
-        let probe = text.and_then(|text| {
+        // several words rare only together a trigram of each; one that many tasks hold walks
+        // the list (`trigrams.rs`); any other looks up its whole text.
+        let sample = text.map(|_| {
             self.resample_if_due();
-            self.samples.current().probe(text)
+            self.samples.current()
         });
+        let probe = text.zip(sample.as_ref()).and_then(|(t, s)| s.probe(t));
         let search = match (text, &probe) {
             (None, _) => SearchBy::No,
             (Some(_), Some(Probe::Pattern(_))) => SearchBy::Probe,
             (Some(_), Some(Probe::FetchAll(_))) => SearchBy::FetchAll,
+            (Some(text), None)
+                if status.is_none() && sample.as_ref().is_some_and(|s| s.walks(text, fetch)) =>
+            {
+                SearchBy::Walk
+            }
             (Some(_), None) => SearchBy::Pattern,
         };
+        drop(sample);
         let pattern = probe
             .map(Probe::into_pattern)
             .or_else(|| query.search.as_ref().map(|s| s.like_pattern()));
         let cursor = query.cursor.map(|c| (c.created_at, c.id.get()));
-        // One more row than asked for proves that a next page exists.
-        let fetch = i64::from(query.limit.get()) + 1;
+        let fetch = i64::from(fetch);
 
         let sql = &LIST_SQL[list_sql_index(status.is_some(), search, cursor.is_some())];
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(6);
@@ -746,7 +773,7 @@ impl TaskRepository for PgTaskRepository {
         };
         let client = self.client().await?;
         let outcome = tokio::time::timeout(self.query_timeout, async {
-            if pattern.is_some() {
+            if pattern.is_some() && search != SearchBy::Walk {
                 // A search is planned afresh each time, with its pattern in view (the trigram
                 // indexes, the estimates). Once a cached statement has run five times,
                 // PostgreSQL may switch it to a generic plan that cannot see the pattern and
@@ -756,7 +783,7 @@ impl TaskRepository for PgTaskRepository {
                 // one took two, and a third message to close it).
                 client.query_typed(sql, &params).await
             } else {
-                // The other list shapes keep their cached statements.
+                // The other list shapes, and the walk, keep their cached statements.
                 let stmt = client.prepare_cached(sql).await?;
                 let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
                 client.query(&stmt, &values).await
@@ -1094,6 +1121,14 @@ mod tests {
              OR strpos(description_folded, lower($3)) > 0) AND (created_at, id) < ($4, $5) \
              ORDER BY created_at DESC, id DESC LIMIT $6)) ORDER BY created_at DESC, id DESC"
         );
+        assert_eq!(
+            list_sql(false, SearchBy::Walk, true),
+            "SELECT id, title, description, status, created_at, updated_at, version FROM tasks \
+             WHERE id = ANY(ARRAY(SELECT id FROM tasks \
+             WHERE (title_folded LIKE (SELECT lower($1::text)) \
+             OR description_folded LIKE (SELECT lower($1::text))) AND (created_at, id) < ($2, $3) \
+             ORDER BY created_at DESC, id DESC LIMIT $4)) ORDER BY created_at DESC, id DESC"
+        );
         let mut shapes = std::collections::HashSet::new();
         for status in [false, true] {
             for search in SEARCHES {
@@ -1144,8 +1179,8 @@ mod tests {
         let id = i64::MAX;
         let fetch = 11_i64;
 
-        for mask in 0..16 {
-            let (by_status, search, after) = (mask % 2 == 1, SEARCHES[mask / 2 % 4], mask >= 8);
+        for mask in 0..20 {
+            let (by_status, search, after) = (mask % 2 == 1, SEARCHES[mask / 2 % 5], mask >= 10);
             let by_search = search != SearchBy::No;
             let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
             if by_status {
@@ -1200,6 +1235,53 @@ mod tests {
                     walk.contains("Index Only Scan using tasks_created_id_idx"),
                     "{sql}\n{walk}"
                 );
+            }
+            if search == SearchBy::Walk {
+                if !by_status {
+                    // PostgreSQL plans a prepared statement for its parameters on its first
+                    // five runs, then keeps one generic plan if that costs no more: blind to the
+                    // pattern, the walk's plans are all alike, so it does (seeing a pattern every
+                    // task matches, it would not: its own plan would cost less), and that plan is
+                    // the walk.
+                    let args = if after {
+                        "'%task%', now(), 9223372036854775807, 11"
+                    } else {
+                        "'%task%', 11"
+                    };
+                    let lines = |sql: String| {
+                        let client = &client;
+                        async move {
+                            let rows = client
+                                .simple_query(&sql)
+                                .await
+                                .unwrap_or_else(|e| panic!("{e}"));
+                            rows.iter()
+                                .filter_map(|m| match m {
+                                    tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                                    _ => None,
+                                })
+                                .map(str::to_owned)
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        }
+                    };
+                    let runs = format!("EXECUTE walk({args}); ").repeat(6);
+                    lines(format!("PREPARE walk AS {sql}; {runs}")).await;
+                    let generic = lines(format!(
+                        "EXPLAIN EXECUTE walk({args}); \
+                         SELECT 'generic plans: ' || generic_plans FROM pg_prepared_statements \
+                         WHERE name = 'walk'; DEALLOCATE walk"
+                    ))
+                    .await;
+                    assert!(!generic.contains("generic plans: 0"), "{sql}\n{generic}");
+                    assert!(
+                        generic.contains("Index Only Scan using tasks_created_id_idx")
+                            && !generic.contains("trgm")
+                            && generic.matches("Sort Key").count() == 1,
+                        "{sql}\n{generic}"
+                    );
+                }
+                continue;
             }
             if !by_search {
                 assert!(!plan.contains("Sort"), "{sql}\n{plan}");

@@ -21,6 +21,15 @@
 //! the text contains those trigrams in that order, so again the answer is the same. A sample
 //! that misjudges how rare the words are together can make such a search slower than the whole
 //! text's lookup (the rows found are each read from the table), never wrong.
+//!
+//! The sample also keeps the sampled texts themselves, to count the tasks holding a whole text.
+//! A text many tasks hold (`budget`, in one task in ten) is found fastest by walking the list in
+//! order, testing each task's texts on the list's index, until a page is full: a thousand tasks
+//! passed for a page of 100. The planner finds that walk too, but plans it afresh for each search
+//! (a search's statement is planned with its pattern, see `repository.rs`), and planning and
+//! parsing cost about a third of such a search. When the sample says enough tasks hold the text
+//! ([`TrigramSample::walks`]), the search runs a prepared statement instead, whose plan is that
+//! walk whatever the text, planned once per connection. The answer is the same either way.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -52,6 +61,19 @@ const KEYS_MAX: usize = 3;
 /// passed, docs/PERFORMANCE.md section 15).
 const FETCH_MAX: f64 = 2000.0;
 
+/// Costs in the planner's terms, per row, of walking the list (a task's texts tested on the
+/// list's index) and of fetching a row the trigram indexes found (read from the table, tested):
+/// about 0.3 us and 2.5 us (docs/PERFORMANCE.md sections 15 and 19).
+const WALK_ROW_COST: f64 = 0.3;
+const FETCH_ROW_COST: f64 = 2.5;
+/// A search walks the list only when at least this many sampled tasks hold its text: fewer say
+/// too little about its share to bet a walk on (a walk that finds no match passes every task).
+const WALK_MIN_SAMPLED: u32 = 20;
+/// At most this many bytes of sampled texts are kept for [`TrigramSample::walks`] to count in
+/// (a few hundred kB for the usual 2,000 short tasks; the rest of a sample of long texts is
+/// left out, which only makes fewer searches walk).
+const TEXTS_MAX_BYTES: usize = 1 << 20;
+
 type Trigram = [char; 3];
 
 /// What the trigram indexes should look up instead of a search's whole text: a `LIKE` pattern,
@@ -81,6 +103,12 @@ pub(crate) struct TrigramSample {
     rows_with: HashMap<Trigram, u32>,
     /// How many tasks the table holds, by the planner's estimate when the sample was taken.
     table_rows: f64,
+    /// The sampled tasks' texts as the server lower-cased them, each text after a NUL (which
+    /// neither a task's text nor a search text can hold, so no match spans two texts).
+    texts: String,
+    /// Where each task's texts start in `texts`, in order (the tasks that fit in
+    /// [`TEXTS_MAX_BYTES`]).
+    starts: Vec<usize>,
 }
 
 impl TrigramSample {
@@ -91,6 +119,15 @@ impl TrigramSample {
         for texts in tasks {
             sample.rows += 1;
             seen.clear();
+            if sample.texts.len() + texts.iter().map(|t| t.len() + 1).sum::<usize>()
+                <= TEXTS_MAX_BYTES
+            {
+                sample.starts.push(sample.texts.len());
+                for text in texts {
+                    sample.texts.push('\0');
+                    sample.texts.push_str(text);
+                }
+            }
             for text in texts {
                 for word in words(text) {
                     seen.extend(trigrams(word));
@@ -131,6 +168,50 @@ impl TrigramSample {
         } else {
             Probe::Pattern(pattern)
         })
+    }
+
+    /// Whether a search for `text` (no status filter) should walk the list in order with a
+    /// statement planned once: when the share of the sampled tasks holding the whole text makes
+    /// the walk to `fetch` matches cost less than fetching every match from the table would:
+    /// `fetch / share` tasks passed against `share * table_rows` rows read, at their costs.
+    /// That share is known from the texts themselves, words in any order or across texts
+    /// ruled out, not estimated from trigrams. The text is lower-cased here as the server
+    /// lower-cases it for ASCII and most other letters; where the two differ the share is only
+    /// estimated lower (fewer walks), never a result changed.
+    pub(crate) fn walks(&self, text: &str, fetch: u32) -> bool {
+        let sampled = u32::try_from(self.starts.len()).unwrap_or(u32::MAX);
+        if sampled < WALK_MIN_SAMPLED || text.is_empty() {
+            return false;
+        }
+        // The fewest holders whose share makes the walk the cheaper: share^2 >= fetch * walk
+        // cost / (fetch cost * table rows), and at least `WALK_MIN_SAMPLED` of them.
+        let needed_share =
+            (f64::from(fetch) * WALK_ROW_COST / (FETCH_ROW_COST * self.table_rows.max(1.0))).sqrt();
+        let needed = ((needed_share * f64::from(sampled)).ceil() as u32).max(WALK_MIN_SAMPLED);
+        if needed > sampled {
+            return false;
+        }
+        self.holding(&text.to_lowercase(), needed) >= needed
+    }
+
+    /// How many of the tasks in `texts` hold `needle` (lower-cased), counting up to `enough`.
+    fn holding(&self, needle: &str, enough: u32) -> u32 {
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        let haystack = self.texts.as_bytes();
+        let (mut count, mut from) = (0, 0);
+        while count < enough {
+            let Some(at) = haystack.get(from..).and_then(|rest| finder.find(rest)) else {
+                break;
+            };
+            count += 1;
+            // On to the next task's texts: a task counts once.
+            let task = self.starts.partition_point(|&start| start <= from + at);
+            match self.starts.get(task) {
+                Some(&next) => from = next,
+                None => break,
+            }
+        }
+        count
     }
 
     /// The share of the sampled tasks holding `trigram`.
@@ -439,6 +520,63 @@ mod tests {
             sample().of_a_table_of(100.0).probe("task 4242"),
             Some(Probe::Pattern("%4242%".to_owned()))
         );
+    }
+
+    #[test]
+    fn a_text_walks_the_list_when_enough_sampled_tasks_hold_it_whole() {
+        let sample = pairs().of_a_table_of(100_000.0);
+        // "budget" is in one task in ten (130 sampled tasks): a page of 100 is found within
+        // about a thousand tasks of the list, where its 10,000 matches would each be read.
+        assert!(sample.walks("budget", 101));
+        assert!(sample.walks("BUDGET", 101));
+        assert!(sample.walks("Task", 101));
+        // One in 130: 10 sampled tasks, too few to bet a walk on (13,000 tasks passed for a
+        // page of 100, against 769 rows read).
+        assert!(!sample.walks("budget alpha", 11));
+        // Words in another order, or in no sampled task at all.
+        assert!(!sample.walks("alpha budget", 11));
+        assert!(!sample.walks("zebra", 11));
+        // The larger the table, the rarer a text may be and still walk: the walk costs what
+        // the page needs, reading every match what the table holds. One task in twenty: a walk
+        // on 100,000 tasks, not on 1,000.
+        let twentieth = || {
+            TrigramSample::from_texts(
+                (0..1000).map(|n| [if n % 20 == 0 { "budget" } else { "other" }, ""]),
+            )
+        };
+        assert!(twentieth().of_a_table_of(100_000.0).walks("budget", 101));
+        assert!(!twentieth().of_a_table_of(1_000.0).walks("budget", 101));
+        assert!(
+            twentieth().of_a_table_of(1_000.0).walks("budget", 2),
+            "a smaller page"
+        );
+        // A sample of too few tasks never walks.
+        let few = TrigramSample::from_texts((0..19).map(|_| ["budget", ""])).of_a_table_of(1e6);
+        assert!(!few.walks("budget", 2));
+        assert!(!TrigramSample::default().walks("budget", 2));
+    }
+
+    #[test]
+    fn a_walk_counts_whole_texts_and_each_task_once() {
+        // The words on either side of a title's end and a description's start are not a match.
+        let sample = TrigramSample::from_texts((0..100).map(|_| ["a review", "alpha"]))
+            .of_a_table_of(100_000.0);
+        assert!(!sample.walks("review alpha", 2));
+        assert!(sample.walks("REVIEW", 2) && sample.walks("alpha", 2));
+        let sample = TrigramSample::from_texts((0..30).map(|n| {
+            if n < 20 {
+                ["budget budget", "budget"]
+            } else {
+                ["other", ""]
+            }
+        }));
+        assert_eq!(sample.holding("budget", 100), 20);
+        assert_eq!(sample.holding("budget", 5), 5, "counts up to what it needs");
+        assert_eq!(sample.holding("other", 100), 10);
+        // Texts beyond the bytes kept are counted for trigrams, not kept for walks.
+        let long = "x".repeat(TEXTS_MAX_BYTES / 2);
+        let sample = TrigramSample::from_texts((0..3).map(|_| [long.as_str(), ""]));
+        assert_eq!((sample.rows(), sample.starts.len()), (3, 1));
     }
 
     #[test]

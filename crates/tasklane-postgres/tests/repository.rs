@@ -810,9 +810,14 @@ async fn lock_the_table(db: &TestDb) -> tokio_postgres::Client {
 
 /// The statement a search for `text` sends the server, seen while the table is locked.
 async fn search_statement(db: &TestDb, repo: &PgTaskRepository, text: &str) -> String {
+    search_statement_with(db, repo, search(text)).await
+}
+
+/// What the server is asked for `query`, seen while the table is locked.
+async fn search_statement_with(db: &TestDb, repo: &PgTaskRepository, query: ListQuery) -> String {
     let blocker = lock_the_table(db).await;
-    let (repo, text) = (repo.clone(), text.to_owned());
-    let running = tokio::spawn(async move { repo.list(&search(&text)).await });
+    let repo = repo.clone();
+    let running = tokio::spawn(async move { repo.list(&query).await });
     let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
     blocker.batch_execute("ROLLBACK").await.unwrap();
     running.await.unwrap().unwrap();
@@ -1060,6 +1065,101 @@ async fn a_search_looked_up_by_a_trigram_of_each_word_finds_what_the_whole_text_
         ..search("Review Alpha")
     };
     assert_eq!(ids(&all_pages(&repo, query).await.concat()), expected);
+}
+
+/// A search text the sample says many tasks hold walks the list with a prepared statement,
+/// and finds exactly what the whole text's lookup finds: the same tasks, in the same order,
+/// page by page, `%`, `_` and `\` literal. A text whose words are common but not together in
+/// that order, or one with a status filter, is looked up as before.
+#[tokio::test]
+async fn a_search_many_tasks_match_walks_the_list_and_finds_what_the_whole_text_finds() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let client = db.client().await;
+    // Half the tasks say "budget", the other half `50%_off\` (in the description); every
+    // title ends in "north", and none holds "north budget".
+    client
+        .batch_execute(
+            "INSERT INTO tasks (title, description, status, created_at, updated_at) \
+             SELECT 'Task ' || g || ': ' || (CASE WHEN g % 2 = 0 THEN 'BUDGET' ELSE 'audit' END) \
+               || ' north', CASE WHEN g % 2 = 1 THEN 'at 50%_off\\ now' ELSE '' END, \
+               (ARRAY['todo', 'in_progress', 'done'])[1 + g % 3], ts, ts \
+             FROM generate_series(1, 400) AS g, \
+             LATERAL (SELECT now() - interval '1 hour' + g * interval '1 ms' AS ts) AS t; \
+             ANALYZE tasks",
+        )
+        .await
+        .unwrap();
+    assert_eq!(repo.resample_search_texts().await.unwrap(), 400);
+    let expected = |text: &str| {
+        let (client, text) = (&client, text.to_owned());
+        async move {
+            let rows = client
+                .query(
+                    "SELECT id FROM tasks WHERE strpos(lower(title), lower($1)) > 0 \
+                     OR strpos(lower(description), lower($1)) > 0 \
+                     ORDER BY created_at DESC, id DESC",
+                    &[&text],
+                )
+                .await
+                .unwrap();
+            rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
+        }
+    };
+
+    // What the server is asked, seen while the table is locked: the walk for the common texts,
+    // the whole text's lookup (planned with its pattern) for the others.
+    for (text, walks) in [
+        ("Budget", true),
+        ("50%_off\\", true),
+        ("budget north", true),
+        ("north budget", false),
+    ] {
+        let sent = search_statement(&db, &repo, text).await;
+        assert_eq!(
+            sent.contains("LIKE (SELECT lower($1::text))"),
+            walks,
+            "{text}: {sent}"
+        );
+    }
+    let sent = search_statement_with(
+        &db,
+        &repo,
+        ListQuery {
+            status: Some(Status::Done),
+            ..search("budget")
+        },
+    )
+    .await;
+    assert!(sent.contains("LIKE lower($2) ESCAPE"), "{sent}");
+
+    for text in ["budget", "50%_off\\", "50%_OFF\\ NOW", "north budget"] {
+        let want = expected(text).await;
+        assert_eq!(
+            ids(&repo.list(&search(text)).await.unwrap().tasks),
+            want[..want.len().min(100)]
+        );
+        let query = ListQuery {
+            limit: Limit::new(7).unwrap(),
+            ..search(text)
+        };
+        assert_eq!(ids(&all_pages(&repo, query).await.concat()), want, "{text}");
+    }
+    assert_eq!(expected("budget").await.len(), 200);
+    assert_eq!(expected("50%_off\\").await.len(), 200);
+    // `%` and `_` are literal in a walk too.
+    assert!(repo
+        .list(&search("50x_off"))
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
+    assert!(repo
+        .list(&search("50%xoff"))
+        .await
+        .unwrap()
+        .tasks
+        .is_empty());
 }
 
 /// A database of 20 tasks, "Task 1" to "Task 20", and a repository on it.
