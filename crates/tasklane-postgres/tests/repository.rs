@@ -1056,7 +1056,7 @@ async fn a_search_looked_up_by_a_trigram_of_each_word_finds_what_the_whole_text_
     // them fetched before the page is taken (not a walk of the list), and the whole text checked.
     let sent = search_statement(&db, &repo, "review alpha").await;
     assert!(
-        sent.contains("MATERIALIZED") && sent.contains("strpos("),
+        sent.contains("OFFSET 0") && sent.contains("strpos("),
         "{sent}"
     );
 
@@ -1160,6 +1160,41 @@ async fn a_search_many_tasks_match_walks_the_list_and_finds_what_the_whole_text_
         .unwrap()
         .tasks
         .is_empty());
+}
+
+/// A search's rows come from the server in primary-key order and are put in the list's: newest
+/// first and, among tasks created at the same instant, the highest id first, page by page.
+#[tokio::test]
+async fn a_search_gives_its_page_in_the_list_order_ties_by_id() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO tasks (title, created_at, updated_at) \
+             SELECT 'same ' || g, t, t FROM generate_series(1, 60) AS g, \
+             LATERAL (SELECT timestamptz '2026-01-01 00:00:00+00' \
+                      + (g % 3) * interval '1 hour' AS t) AS at",
+        )
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT id FROM tasks ORDER BY created_at DESC, id DESC",
+            &[],
+        )
+        .await
+        .unwrap();
+    let expected: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(
+        ids(&repo.list(&search("SAME")).await.unwrap().tasks),
+        expected
+    );
+    let query = ListQuery {
+        limit: Limit::new(7).unwrap(),
+        ..search("same")
+    };
+    assert_eq!(ids(&all_pages(&repo, query).await.concat()), expected);
 }
 
 /// A database of 20 tasks, "Task 1" to "Task 20", and a repository on it.
