@@ -51,6 +51,13 @@ const MIGRATIONS: &[Migration] = &[
         name: "0005_status_counts_follow_rows",
         sql: include_str!("../../../migrations/postgres/0005_status_counts_follow_rows.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_list_index_carries_description_heads",
+        sql: include_str!(
+            "../../../migrations/postgres/0006_list_index_carries_description_heads.sql"
+        ),
+    },
 ];
 
 /// The embedded migrations, in order.

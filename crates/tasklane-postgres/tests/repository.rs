@@ -1162,6 +1162,89 @@ async fn a_search_many_tasks_match_walks_the_list_and_finds_what_the_whole_text_
         .is_empty());
 }
 
+/// A description of any valid length is written and read back, however badly it compresses
+/// (the list's index carries only its first 300 characters, migration 0006; it carried it whole
+/// and refused any of more than about 2,600 bytes), and every search finds a text anywhere in
+/// it: in the head the index carries, across its end, or far beyond it, walking the list or not.
+#[tokio::test]
+async fn a_long_description_is_stored_and_found_wherever_the_text_is() {
+    let db = TestDb::new().await;
+    let repo = db.repository().await;
+    let client = db.client().await;
+    // Digits that do not compress: 9,990 of them, then a word; and one of 10,000 four-byte
+    // characters, the longest a description may be.
+    let digits: String = (0..999u64)
+        .map(|n| format!("{:010}", n.wrapping_mul(2_654_435_761) % 10_000_000_000))
+        .collect();
+    let long = create_described(&repo, "Long one", &format!("{digits}needle"), Status::Todo).await;
+    let wide = create_described(&repo, "Wide one", &"\u{1F600}".repeat(10_000), Status::Done).await;
+    assert_eq!(
+        repo.get(long.id).await.unwrap().description,
+        long.description
+    );
+    assert_eq!(wide.description.as_str().chars().count(), 10_000);
+    let updated = repo
+        .update(
+            wide.id,
+            TaskPatch {
+                description: Some(Description::new(format!("{}x", &digits[..9_000])).unwrap()),
+                ..TaskPatch::default()
+            },
+            Precondition::None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(updated.description.as_str().len(), 9_001);
+
+    // Many short tasks around them, a third saying "needle" in the title, so that searches for
+    // it walk the list (checked below), and a sample that says so.
+    client
+        .batch_execute(
+            "INSERT INTO tasks (title, description) SELECT CASE WHEN g % 3 = 0 \
+             THEN 'needle ' || g ELSE 'task ' || g END, 'short' FROM generate_series(1, 300) AS g; \
+             ANALYZE tasks",
+        )
+        .await
+        .unwrap();
+    repo.resample_search_texts().await.unwrap();
+    assert!(search_statement(&db, &repo, "needle")
+        .await
+        .contains("description_head"));
+
+    let head = &digits[..20]; // in the head
+    let across = &digits[290..310]; // across the head's end
+    let beyond = format!("{}needle", &digits[digits.len() - 3..]); // at the very end
+    for text in [head, across, &beyond, &digits[5_000..5_040], "x"] {
+        let want = client
+            .query(
+                "SELECT id FROM tasks WHERE strpos(description_folded, lower($1)) > 0 \
+                 OR strpos(title_folded, lower($1)) > 0 ORDER BY created_at DESC, id DESC",
+                &[&text],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i64>(0))
+            .collect::<Vec<_>>();
+        assert!(!want.is_empty(), "{text}");
+        assert_eq!(
+            ids(&repo.list(&search(text)).await.unwrap().tasks),
+            want,
+            "{text}"
+        );
+    }
+    // Walking the list: the page holds the long task found beyond its head.
+    let found = ids(&repo.list(&search("needle")).await.unwrap().tasks);
+    assert_eq!(found.len(), 100);
+    let query = ListQuery {
+        limit: Limit::new(50).unwrap(),
+        ..search("NEEDLE")
+    };
+    let all = ids(&all_pages(&repo, query).await.concat());
+    assert_eq!(all.len(), 101);
+    assert!(all.contains(&long.id.get()));
+}
+
 /// A search's rows come from the server in primary-key order and are put in the list's: newest
 /// first and, among tasks created at the same instant, the highest id first, page by page.
 #[tokio::test]
