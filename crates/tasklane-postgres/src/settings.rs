@@ -72,18 +72,32 @@ pub fn build_pool(s: &PgSettings) -> Result<Pool, SetupError> {
     if pg.get_application_name().is_none() {
         pg.application_name("tasklane");
     }
-    // Sent in the start-up packet: no extra round trip per connection. A URL that sets its own
-    // statement_timeout keeps it.
-    let statement_timeout = format!(
-        "-c statement_timeout={}",
-        QueryTimeout::millis(s.query_timeout)
-    );
-    let options = match pg.get_options() {
-        Some(own) if own.contains("statement_timeout") => None,
-        Some(own) => Some(format!("{own} {statement_timeout}")),
-        None => Some(statement_timeout),
-    };
-    if let Some(options) = options {
+    // Sent in the start-up packet: no extra round trip per connection. A URL that sets either
+    // of these itself keeps its own.
+    //
+    // JIT compilation is off: every statement Tasklane sends is a short one, and the server
+    // compiles any whose estimated cost passes `jit_above_cost`, a few milliseconds each run.
+    // A search walking the list with its generic plan (`repository.rs`) is estimated far above
+    // it on a large table while it runs in well under a millisecond, and compiling doubled its
+    // time (docs/PERFORMANCE.md section 21).
+    let defaults = [
+        (
+            "statement_timeout",
+            QueryTimeout::millis(s.query_timeout).to_string(),
+        ),
+        ("jit", "off".to_owned()),
+    ];
+    let own = pg.get_options().unwrap_or_default().to_owned();
+    let mut options = own.clone();
+    for (name, value) in defaults {
+        if !own.contains(name) {
+            if !options.is_empty() {
+                options.push(' ');
+            }
+            options.push_str(&format!("-c {name}={value}"));
+        }
+    }
+    if options != own {
         pg.options(options);
     }
 

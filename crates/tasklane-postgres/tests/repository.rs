@@ -1245,6 +1245,48 @@ async fn a_long_description_is_stored_and_found_wherever_the_text_is() {
     assert!(all.contains(&long.id.get()));
 }
 
+/// The pool's connections run with the query timeout as the server's `statement_timeout` and
+/// JIT compilation off (a search's generic plan is estimated costly enough to be compiled, a few
+/// milliseconds each run), unless the URL's own options set them.
+#[tokio::test]
+async fn pooled_connections_have_the_statement_timeout_and_no_jit_unless_the_url_sets_them() {
+    let db = TestDb::new().await;
+    let settings = |options: Option<&str>| {
+        let mut s = db.settings();
+        s.query_timeout = Duration::from_millis(1234);
+        if let Some(options) = options {
+            let sep = if s.url.contains('?') { '&' } else { '?' };
+            s.url = format!("{}{sep}options={}", s.url, options.replace(' ', "%20"));
+        }
+        s
+    };
+    let shown = |s: tasklane_postgres::PgSettings| async move {
+        let pool = build_pool(&s).unwrap();
+        let client = pool.get().await.unwrap();
+        let row = client
+            .query_one(
+                "SELECT current_setting('statement_timeout'), current_setting('jit'), \
+                 current_setting('application_name')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            row.get::<_, String>(0),
+            row.get::<_, String>(1),
+            row.get::<_, String>(2),
+        )
+    };
+    assert_eq!(
+        shown(settings(None)).await,
+        ("1234ms".to_owned(), "off".to_owned(), "tasklane".to_owned())
+    );
+    let (timeout, jit, _) = shown(settings(Some("-c jit=on"))).await;
+    assert_eq!((timeout.as_str(), jit.as_str()), ("1234ms", "on"));
+    let (timeout, jit, _) = shown(settings(Some("-c statement_timeout=5s"))).await;
+    assert_eq!((timeout.as_str(), jit.as_str()), ("5s", "off"));
+}
+
 /// A search's rows come from the server in primary-key order and are put in the list's: newest
 /// first and, among tasks created at the same instant, the highest id first, page by page.
 #[tokio::test]
