@@ -93,6 +93,22 @@ fn search(text: &str) -> ListQuery {
     }
 }
 
+/// The ids of the tasks whose title or description holds `text`, case aside, in the list's
+/// order: what a search must find, computed the plainest way (a substring test on every row).
+async fn ids_holding(client: &tokio_postgres::Client, text: &str) -> Vec<i64> {
+    client
+        .query(
+            "SELECT id FROM tasks WHERE strpos(lower(title), lower($1)) > 0 \
+             OR strpos(lower(description), lower($1)) > 0 ORDER BY created_at DESC, id DESC",
+            &[&text],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// What a `COUNT(*)` over the table says, to check the counters against.
 async fn counted(db: &TestDb) -> StatusCounts {
     let mut counts = StatusCounts::default();
@@ -1041,15 +1057,7 @@ async fn a_search_looked_up_by_a_trigram_of_each_word_finds_what_the_whole_text_
         repo.search_probe("Review Alpha").as_deref(),
         Some("%Rev%Alp%")
     );
-    let rows = client
-        .query(
-            "SELECT id FROM tasks WHERE strpos(lower(title), 'review alpha') > 0 \
-             OR strpos(lower(description), 'review alpha') > 0 ORDER BY created_at DESC, id DESC",
-            &[],
-        )
-        .await
-        .unwrap();
-    let expected: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    let expected = ids_holding(&client, "review alpha").await;
     assert_eq!(expected.len(), 11, "ten titles and one description");
 
     // What the server is asked, seen while the table is locked: the trigrams, every row holding
@@ -1091,21 +1099,7 @@ async fn a_search_many_tasks_match_walks_the_list_and_finds_what_the_whole_text_
         .await
         .unwrap();
     assert_eq!(repo.resample_search_texts().await.unwrap(), 400);
-    let expected = |text: &str| {
-        let (client, text) = (&client, text.to_owned());
-        async move {
-            let rows = client
-                .query(
-                    "SELECT id FROM tasks WHERE strpos(lower(title), lower($1)) > 0 \
-                     OR strpos(lower(description), lower($1)) > 0 \
-                     ORDER BY created_at DESC, id DESC",
-                    &[&text],
-                )
-                .await
-                .unwrap();
-            rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>()
-        }
-    };
+    let expected = |text: &'static str| ids_holding(&client, text);
 
     // What the server is asked, seen while the table is locked: the walk for the common texts,
     // the whole text's lookup (planned with its pattern) for the others.
@@ -1215,17 +1209,7 @@ async fn a_long_description_is_stored_and_found_wherever_the_text_is() {
     let across = &digits[290..310]; // across the head's end
     let beyond = format!("{}needle", &digits[digits.len() - 3..]); // at the very end
     for text in [head, across, &beyond, &digits[5_000..5_040], "x"] {
-        let want = client
-            .query(
-                "SELECT id FROM tasks WHERE strpos(description_folded, lower($1)) > 0 \
-                 OR strpos(title_folded, lower($1)) > 0 ORDER BY created_at DESC, id DESC",
-                &[&text],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get::<_, i64>(0))
-            .collect::<Vec<_>>();
+        let want = ids_holding(&client, text).await;
         assert!(!want.is_empty(), "{text}");
         assert_eq!(
             ids(&repo.list(&search(text)).await.unwrap().tasks),
