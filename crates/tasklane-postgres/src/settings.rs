@@ -90,7 +90,8 @@ pub fn build_pool(s: &PgSettings) -> Result<Pool, SetupError> {
     let own = pg.get_options().unwrap_or_default().to_owned();
     let mut options = own.clone();
     for (name, value) in defaults {
-        if !own.contains(name) {
+        // `-c jit=on` and `--jit=on` both hold `jit=`; `jit_above_cost=...` does not.
+        if !own.contains(&format!("{name}=")) {
             if !options.is_empty() {
                 options.push(' ');
             }

@@ -1269,6 +1269,9 @@ async fn pooled_connections_have_the_statement_timeout_and_no_jit_unless_the_url
     assert_eq!((timeout.as_str(), jit.as_str()), ("1234ms", "on"));
     let (timeout, jit, _) = shown(settings(Some("-c statement_timeout=5s"))).await;
     assert_eq!((timeout.as_str(), jit.as_str()), ("5s", "off"));
+    // Another JIT setting is not JIT itself.
+    let (_, jit, _) = shown(settings(Some("-c jit_above_cost=1000"))).await;
+    assert_eq!(jit, "off");
 }
 
 /// A search's rows come from the server in primary-key order and are put in the list's: newest
