@@ -26,6 +26,7 @@ SCENARIOS = [
     ("list100", "list, cached, full page (100 rows)", "nginx_list100", ("ratio", 0.60)),
     ("status", "list, status filter (uncached)", "pgbench_select", None),
     ("search", "list, text search, 100k tasks (uncached)", "pgbench_select", ("p99_ms", 20.0)),
+    ("search_distinct", "list, text search, texts cased at random (uncached)", "pgbench_select", None),
     ("search_after_writes", "list, text search, after update + create (uncached)", "pgbench_select", None),
     ("get", "get one task", "pgbench_select", ("ratio", 0.50)),
     ("get_304", "get one, If-None-Match (304)", "pgbench_select", ("rps_of", "get")),
@@ -121,6 +122,7 @@ def build_rows(results):
             "cpu": r.get("cpu_s"), "rss": r.get("rss_kib"), "limit": limit_name,
             "limit_rps": limit_rps, "ratio": ratio, "ratio_text": ratio_text,
             "target": target_text, "met": met_text,
+            "requests": r.get("requests", 0), "joined": r.get("joined", 0),
         })
     for lid, name in LIMITS.items():
         r = by_id.get(lid)
@@ -246,6 +248,26 @@ The section between the markers below is rewritten by every run.
 """
 
 
+def joined_md(rows):
+    """How many of each uncached scenario's reads joined an identical read waiting to start."""
+    shares = [
+        f"*{r['label']}* {100 * r['joined'] / r['requests']:.0f}%"
+        for r in rows
+        if r["config"] != "limit" and r.get("requests") and "uncached" in r["label"]
+    ]
+    return (
+        "- *joined*: on PostgreSQL, a list read that asks for the same page as one still waiting "
+        "for a search slot or a connection joins it and gets the answer of its one statement, "
+        "which starts after both arrived (`crates/tasklane-postgres/src/joined_lists.rs`; not a "
+        "cache: no answer is older than its request). The search's ten texts repeat across 32 "
+        "connections, so many of its reads join; *texts cased at random* sends the same ten texts "
+        "with each letter's case drawn at random, the same work for the store per search with "
+        "(almost) no read to join. Share of the reads that joined another, by /metrics: "
+        + ("; ".join(shares) if shares else "none measured")
+        + "."
+    )
+
+
 def write_markdown(path, rows, m):
     section = "\n".join([
         BEGIN,
@@ -272,6 +294,7 @@ def write_markdown(path, rows, m):
         "its newest tasks are then the tens of thousands just created, all `todo` and all with the "
         "same text, which none of the search words match, so a search must pass all of them to find "
         "its first match: the worst case for a search in list order, reported without a target.",
+        joined_md(rows),
         "- *get one* reads random tasks of 100,000; *304* sends the task's or list's ETag in "
         "`If-None-Match`. *update* and *delete* go through Redis too (each write bumps the generation). "
         "The cached 3-row list, get one and their 304s are compared with each other, so each is "

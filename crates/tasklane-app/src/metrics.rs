@@ -1,7 +1,7 @@
 //! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
 //! requests and latency per route, method and status; the list cache's hits, misses and
-//! errors; the PostgreSQL pool, its search slots and its combined updates; the Redis circuit
-//! breaker.
+//! errors; the PostgreSQL pool, its search slots, its combined updates and its joined list
+//! reads; the Redis circuit breaker.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -31,6 +31,9 @@ pub struct PoolGauges {
     /// one other in one `UPDATE` since start (`tasklane-postgres`'s `combine.rs`).
     pub updates_waiting: usize,
     pub updates_combined: u64,
+    /// List reads that joined an identical read waiting to start, since start
+    /// (`tasklane-postgres`'s `joined_lists.rs`).
+    pub lists_joined: u64,
 }
 
 type PoolProbe = Box<dyn Fn() -> PoolGauges + Send + Sync>;
@@ -170,6 +173,11 @@ impl Metrics {
                 text,
                 "# HELP tasklane_db_updates_combined_total Updates written with at least one other update of the same task in one UPDATE\n# TYPE tasklane_db_updates_combined_total counter\ntasklane_db_updates_combined_total {}",
                 p.updates_combined
+            );
+            let _ = writeln!(
+                text,
+                "# HELP tasklane_db_lists_joined_total List reads answered by an identical read that had not started yet, instead of a statement of their own\n# TYPE tasklane_db_lists_joined_total counter\ntasklane_db_lists_joined_total {}",
+                p.lists_joined
             );
         }
         if let Some(breaker) = &self.breaker {

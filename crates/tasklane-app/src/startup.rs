@@ -390,6 +390,7 @@ impl Application {
                     searches_waiting: searches.waiting,
                     updates_waiting: repo.waiting_updates(),
                     updates_combined: repo.combined_updates(),
+                    lists_joined: repo.joined_lists(),
                 }
             }) as Box<dyn Fn() -> PoolGauges + Send + Sync>
         });

@@ -1,7 +1,8 @@
 //! Tasklane's PostgreSQL adapter: the [`TaskRepository`](tasklane_domain::TaskRepository) port on
 //! tokio-postgres and a pool of deadpool pools, one per worker thread (`pool.rs`), where point
-//! reads made at the same time on a thread share a connection (`shared_reads.rs`), and the
-//! schema migrations embedded from `migrations/postgres/`.
+//! reads made at the same time on a thread share a connection (`shared_reads.rs`) and list reads
+//! of the same page waiting to start share one statement (`joined_lists.rs`), and the schema
+//! migrations embedded from `migrations/postgres/`.
 //!
 //! Start-up is [`build_pool`] (makes no connection), then [`migrate`], then
 //! [`PgTaskRepository::new`]. Every call the repository makes is bounded in time: waiting for,
@@ -12,6 +13,7 @@
 
 mod combine;
 mod errors;
+mod joined_lists;
 mod migrate;
 mod pool;
 mod repository;

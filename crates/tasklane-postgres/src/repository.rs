@@ -2,6 +2,7 @@
 
 use crate::combine::{self, Combiner, Turn, Waiter};
 use crate::errors::{self, InvalidRow, QueryTimeout};
+use crate::joined_lists::{JoinedLists, Opening};
 use crate::pool::{Client, Pool};
 use crate::search_slots::{default_search_slots, SearchSlots, SearchSlotsStatus};
 use crate::shared_reads::SharedReads;
@@ -361,6 +362,8 @@ pub struct PgTaskRepository {
     combined_wait: Duration,
     /// Point reads made at the same time on a thread share a connection (`shared_reads.rs`).
     point_reads: SharedReads,
+    /// Identical list reads waiting to start share one statement (`joined_lists.rs`).
+    lists: Arc<JoinedLists>,
 }
 
 impl PgTaskRepository {
@@ -386,6 +389,7 @@ impl PgTaskRepository {
             combiner: Arc::default(),
             combined_wait: 2 * (wait + query_timeout),
             point_reads: SharedReads::new(),
+            lists: Arc::default(),
         }
     }
 
@@ -464,10 +468,103 @@ impl PgTaskRepository {
         self.combiner.waiting()
     }
 
+    /// How many list reads joined an identical one waiting to start instead of sending their
+    /// own statement (`joined_lists.rs`), since start: for `/metrics`.
+    pub fn joined_lists(&self) -> u64 {
+        self.lists.joined()
+    }
+
     /// How many updates were written with at least one other in one `UPDATE` (`combine.rs`),
     /// since start: for `/metrics`.
     pub fn combined_updates(&self) -> u64 {
         self.combiner.combined()
+    }
+
+    /// One list read (`list`), which identical reads may join until its statement is sent.
+    async fn read_list(&self, query: &ListQuery, mut opening: Opening) -> Result<Page, RepoError> {
+        let status = query.status.map(Status::as_str);
+        let text = query.search.as_ref().map(|s| s.as_str());
+        // One more row than asked for proves that a next page exists.
+        let fetch = query.limit.get() + 1;
+        // A search text with a rare word among common ones looks up only that word, one of
+        // several words rare only together a trigram of each; one that many tasks hold walks
+        // the list (`trigrams.rs`); any other looks up its whole text.
+        let sample = text.map(|_| {
+            self.resample_if_due();
+            self.samples.current()
+        });
+        let probe = text.zip(sample.as_ref()).and_then(|(t, s)| s.probe(t));
+        let search = match (text, &probe) {
+            (None, _) => SearchBy::No,
+            (Some(_), Some(Probe::Pattern(_))) => SearchBy::Probe,
+            (Some(_), Some(Probe::FetchAll(_))) => SearchBy::FetchAll,
+            (Some(text), None)
+                if status.is_none() && sample.as_ref().is_some_and(|s| s.walks(text, fetch)) =>
+            {
+                SearchBy::Walk
+            }
+            (Some(_), None) => SearchBy::Pattern,
+        };
+        drop(sample);
+        let pattern = probe
+            .map(Probe::into_pattern)
+            .or_else(|| query.search.as_ref().map(|s| s.like_pattern()));
+        let cursor = query.cursor.map(|c| (c.created_at, c.id.get()));
+        let fetch = i64::from(fetch);
+
+        let sql = &LIST_SQL[list_sql_index(status.is_some(), search, cursor.is_some())];
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(6);
+        if let Some(status) = &status {
+            params.push((status, Type::TEXT));
+        }
+        if let Some(pattern) = &pattern {
+            params.push((pattern, Type::TEXT));
+        }
+        if let (SearchBy::Probe | SearchBy::FetchAll, Some(text)) = (search, &text) {
+            params.push((text, Type::TEXT));
+        }
+        if let Some((created_at, id)) = &cursor {
+            params.push((created_at, Type::TIMESTAMPTZ));
+            params.push((id, Type::INT8));
+        }
+        params.push((&fetch, Type::INT8));
+
+        // Held until the rows are read: a search waits here, in order, while the slots are
+        // taken, rather than on a connection or on the database's CPU.
+        let _slot = if pattern.is_some() {
+            Some(self.searches.acquire().await?)
+        } else {
+            None
+        };
+        let client = self.client().await?;
+        // From here on, a read of the same page starts (or joins) another statement: this one
+        // may have started before that reader arrived.
+        opening.close();
+        let outcome = tokio::time::timeout(self.query_timeout, async {
+            if pattern.is_some() && search != SearchBy::Walk {
+                // A search is planned afresh each time, with its pattern in view (the trigram
+                // indexes, the estimates). Once a cached statement has run five times,
+                // PostgreSQL may switch it to a generic plan that cannot see the pattern and
+                // walks the list index filtering every row: 335 ms instead of 0.3 ms for a rare
+                // word over 100,000 tasks (docs/PERFORMANCE.md). An unnamed statement with its
+                // parameter types given is parsed, bound and run in one round trip (a prepared
+                // one took two, and a third message to close it).
+                client.query_typed(sql, &params).await
+            } else {
+                // The other list shapes, and the walk, keep their cached statements.
+                let stmt = client.prepare_cached(sql).await?;
+                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                client.query(&stmt, &values).await
+            }
+        })
+        .await;
+        let rows = self.settle(client, outcome)?;
+        let mut tasks: Vec<Task> = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
+        if matches!(search, SearchBy::Pattern | SearchBy::Probe | SearchBy::Walk) {
+            // Fetched by primary key in its order (`list_sql`): the list's order, newest first.
+            tasks.sort_unstable_by_key(|t| std::cmp::Reverse((t.created_at, t.id)));
+        }
+        Ok(Page::from_rows(tasks, query.limit))
     }
 
     /// One `UPDATE` of the task: `None` when no row matched (the task is gone, or not at the
@@ -746,86 +843,12 @@ impl TaskRepository for PgTaskRepository {
         )
     )]
     async fn list(&self, query: &ListQuery) -> Result<Page, RepoError> {
-        let status = query.status.map(Status::as_str);
-        let text = query.search.as_ref().map(|s| s.as_str());
-        // One more row than asked for proves that a next page exists.
-        let fetch = query.limit.get() + 1;
-        // A search text with a rare word among common ones looks up only that word, one of
-        // several words rare only together a trigram of each; one that many tasks hold walks
-        // the list (`trigrams.rs`); any other looks up its whole text.
-        let sample = text.map(|_| {
-            self.resample_if_due();
-            self.samples.current()
-        });
-        let probe = text.zip(sample.as_ref()).and_then(|(t, s)| s.probe(t));
-        let search = match (text, &probe) {
-            (None, _) => SearchBy::No,
-            (Some(_), Some(Probe::Pattern(_))) => SearchBy::Probe,
-            (Some(_), Some(Probe::FetchAll(_))) => SearchBy::FetchAll,
-            (Some(text), None)
-                if status.is_none() && sample.as_ref().is_some_and(|s| s.walks(text, fetch)) =>
-            {
-                SearchBy::Walk
-            }
-            (Some(_), None) => SearchBy::Pattern,
-        };
-        drop(sample);
-        let pattern = probe
-            .map(Probe::into_pattern)
-            .or_else(|| query.search.as_ref().map(|s| s.like_pattern()));
-        let cursor = query.cursor.map(|c| (c.created_at, c.id.get()));
-        let fetch = i64::from(fetch);
-
-        let sql = &LIST_SQL[list_sql_index(status.is_some(), search, cursor.is_some())];
-        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = Vec::with_capacity(6);
-        if let Some(status) = &status {
-            params.push((status, Type::TEXT));
-        }
-        if let Some(pattern) = &pattern {
-            params.push((pattern, Type::TEXT));
-        }
-        if let (SearchBy::Probe | SearchBy::FetchAll, Some(text)) = (search, &text) {
-            params.push((text, Type::TEXT));
-        }
-        if let Some((created_at, id)) = &cursor {
-            params.push((created_at, Type::TIMESTAMPTZ));
-            params.push((id, Type::INT8));
-        }
-        params.push((&fetch, Type::INT8));
-
-        // Held until the rows are read: a search waits here, in order, while the slots are
-        // taken, rather than on a connection or on the database's CPU.
-        let _slot = if pattern.is_some() {
-            Some(self.searches.acquire().await?)
-        } else {
-            None
-        };
-        let client = self.client().await?;
-        let outcome = tokio::time::timeout(self.query_timeout, async {
-            if pattern.is_some() && search != SearchBy::Walk {
-                // A search is planned afresh each time, with its pattern in view (the trigram
-                // indexes, the estimates). Once a cached statement has run five times,
-                // PostgreSQL may switch it to a generic plan that cannot see the pattern and
-                // walks the list index filtering every row: 335 ms instead of 0.3 ms for a rare
-                // word over 100,000 tasks (docs/PERFORMANCE.md). An unnamed statement with its
-                // parameter types given is parsed, bound and run in one round trip (a prepared
-                // one took two, and a third message to close it).
-                client.query_typed(sql, &params).await
-            } else {
-                // The other list shapes, and the walk, keep their cached statements.
-                let stmt = client.prepare_cached(sql).await?;
-                let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-                client.query(&stmt, &values).await
-            }
-        })
-        .await;
-        let rows = self.settle(client, outcome)?;
-        let mut tasks: Vec<Task> = rows.iter().map(task_from_row).collect::<Result<_, _>>()?;
-        if matches!(search, SearchBy::Pattern | SearchBy::Probe | SearchBy::Walk) {
-            // Fetched by primary key in its order (`list_sql`): the list's order, newest first.
-            tasks.sort_unstable_by_key(|t| std::cmp::Reverse((t.created_at, t.id)));
-        }
-        Ok(Page::from_rows(tasks, query.limit))
+        let repo = self.clone();
+        self.lists
+            .read(query, move |query, opening| async move {
+                repo.read_list(&query, opening).await
+            })
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip(self, patch))]

@@ -854,11 +854,13 @@ async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_
     let blocker = lock_the_table(&db).await;
 
     // Three searches at once: one takes the slot and a connection and waits on the server; the
-    // other two wait in the process, holding no connection.
-    let searches: Vec<_> = (0..3)
-        .map(|_| {
+    // other two wait in the process, holding no connection. (Their texts differ: identical
+    // ones waiting would share one statement, see the next test.)
+    let searches: Vec<_> = ["NEEDLE", "needle", "Needle"]
+        .into_iter()
+        .map(|text| {
             let repo = repo.clone();
-            tokio::spawn(async move { repo.list(&search("NEEDLE")).await })
+            tokio::spawn(async move { repo.list(&search(text)).await })
         })
         .collect();
     let waiting = db.until_lock_waits(|w| !w.is_empty()).await;
@@ -893,6 +895,74 @@ async fn searches_past_their_slots_wait_in_the_process_and_leave_connections_to_
     }
     let slots = repo.search_slots();
     assert_eq!((slots.running, slots.waiting), (0, 0));
+}
+
+/// Identical list reads waiting to start (here for a connection) share one statement, which
+/// sees what was written before the last of them arrived; a read whose statement is already on
+/// its way is joined by no one (`joined_lists.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_reads_waiting_to_start_share_one_statement_that_sees_writes_before_them() {
+    let db = TestDb::new().await;
+    let mut settings = db.settings();
+    settings.pool_size = 2;
+    settings.wait_timeout = Duration::from_secs(10);
+    let repo = PgTaskRepository::new(build_pool(&settings).unwrap(), settings.query_timeout)
+        .with_search_slots(2);
+    let old = create(&repo, "find the needle", Status::Todo).await;
+    repo.resample_search_texts().await.unwrap();
+    let reading = |query: ListQuery| {
+        let repo = repo.clone();
+        tokio::spawn(async move { repo.list(&query).await })
+    };
+
+    // Every connection taken: the first reads wait for one, open to joining.
+    let held = [
+        repo.pool().get().await.unwrap(),
+        repo.pool().get().await.unwrap(),
+    ];
+    let search_first = reading(search("needle"));
+    let list_first = reading(ListQuery::default());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while repo.pool().status().waiting < 2 {
+        assert!(Instant::now() < deadline, "{:?}", repo.pool().status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // A task written (and committed) after those reads began, before the next ones do.
+    db.client()
+        .await
+        .batch_execute("INSERT INTO tasks (title) VALUES ('another needle')")
+        .await
+        .unwrap();
+    let search_second = reading(search("needle"));
+    let list_second = reading(ListQuery::default());
+    while repo.joined_lists() < 2 {
+        assert!(Instant::now() < deadline, "joined {}", repo.joined_lists());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The later readers wait for no connection of their own.
+    assert_eq!(repo.pool().status().waiting, 2);
+    drop(held);
+
+    let searched = search_second.await.unwrap().unwrap();
+    let listed = list_second.await.unwrap().unwrap();
+    assert_eq!(searched.tasks.len(), 2, "{searched:?}");
+    assert_eq!(searched.tasks[1], old);
+    assert_eq!(searched.tasks[0].title.as_str(), "another needle");
+    assert_eq!(listed.tasks, searched.tasks);
+    assert_eq!(search_first.await.unwrap().unwrap(), searched);
+    assert_eq!(list_first.await.unwrap().unwrap(), listed);
+    assert_eq!(repo.joined_lists(), 2);
+
+    // Once a read's statement is on its way, an identical read sends its own.
+    let blocker = lock_the_table(&db).await;
+    let on_its_way = reading(search("needle"));
+    db.until_lock_waits(|w| w.len() == 1).await;
+    let next = reading(search("needle"));
+    db.until_lock_waits(|w| w.len() == 2).await;
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(on_its_way.await.unwrap().unwrap(), searched);
+    assert_eq!(next.await.unwrap().unwrap(), searched);
+    assert_eq!(repo.joined_lists(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

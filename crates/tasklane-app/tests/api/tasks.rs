@@ -337,6 +337,8 @@ async fn metrics_count_requests_per_route_and_report_cache_pool_and_breaker() {
     // One client, one update at a time: nothing to combine.
     assert_eq!(value("tasklane_db_updates_waiting"), 0.0);
     assert_eq!(value("tasklane_db_updates_combined_total"), 0.0);
+    // One list read at a time: nothing to join.
+    assert_eq!(value("tasklane_db_lists_joined_total"), 0.0);
     assert_eq!(
         value(r#"tasklane_cache_breaker_state{state="closed"}"#),
         1.0

@@ -592,14 +592,15 @@ async fn pool_exhaustion() {
         .await
         .unwrap();
     let rec = Arc::new(Recorder::new());
+    // Four different pages: identical list reads waiting to start would share one connection
+    // (joined_lists.rs).
     let holders: Vec<_> = (0..POOL)
-        .map(|_| {
+        .map(|i| {
             let (app, rec) = (app.clone(), rec.clone());
             tokio::spawn(async move {
                 let client = crate::harness::client();
-                rec.send("holder", client.get(app.url("/api/tasks?limit=5")))
-                    .await
-                    .map(|r| r.status)
+                let url = app.url(&format!("/api/tasks?limit={}", 5 + i));
+                rec.send("holder", client.get(url)).await.map(|r| r.status)
             })
         })
         .collect();
