@@ -140,30 +140,7 @@ pub(crate) struct Abandoned;
 
 /// The error of a combined `UPDATE`, for one of the updates it carried.
 pub(crate) fn shared(error: &Arc<RepoError>) -> RepoError {
-    match error.as_ref() {
-        RepoError::NotFound => RepoError::NotFound,
-        RepoError::PreconditionFailed => RepoError::PreconditionFailed,
-        RepoError::IdempotencyKeyReused => RepoError::IdempotencyKeyReused,
-        RepoError::IdempotencyKeyInFlight => RepoError::IdempotencyKeyInFlight,
-        RepoError::Unavailable(_) => RepoError::Unavailable(Box::new(Shared(Arc::clone(error)))),
-        RepoError::Unexpected(_) => RepoError::Unexpected(Box::new(Shared(Arc::clone(error)))),
-    }
-}
-
-/// One error, reported to each of the updates a combined `UPDATE` carried.
-#[derive(Debug)]
-struct Shared(Arc<RepoError>);
-
-impl std::fmt::Display for Shared {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "a combined update failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for Shared {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        std::error::Error::source(self.0.as_ref())
-    }
+    crate::errors::shared(error, "a combined update")
 }
 
 /// What an update gets when the updates of its task ahead of it took longer than its bound:

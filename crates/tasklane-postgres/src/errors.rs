@@ -3,6 +3,7 @@
 
 use deadpool_postgres::PoolError;
 use std::error::Error as _;
+use std::sync::Arc;
 use std::time::Duration;
 use tasklane_domain::RepoError;
 
@@ -16,6 +17,45 @@ impl QueryTimeout {
     /// no limit at all).
     pub(crate) fn millis(d: Duration) -> u128 {
         d.as_millis().max(1)
+    }
+}
+
+/// One statement's error, for each of the callers it answered (`what`: whose statement, as in
+/// "a combined update"): the same variant, with a cause that names it and then chains as the
+/// error's own cause does.
+pub(crate) fn shared(error: &Arc<RepoError>, what: &'static str) -> RepoError {
+    let shared = || {
+        Box::new(Shared {
+            error: Arc::clone(error),
+            what,
+        })
+    };
+    match error.as_ref() {
+        RepoError::NotFound => RepoError::NotFound,
+        RepoError::PreconditionFailed => RepoError::PreconditionFailed,
+        RepoError::IdempotencyKeyReused => RepoError::IdempotencyKeyReused,
+        RepoError::IdempotencyKeyInFlight => RepoError::IdempotencyKeyInFlight,
+        RepoError::Unavailable(_) => RepoError::Unavailable(shared()),
+        RepoError::Unexpected(_) => RepoError::Unexpected(shared()),
+    }
+}
+
+/// See [`shared`].
+#[derive(Debug)]
+struct Shared {
+    error: Arc<RepoError>,
+    what: &'static str,
+}
+
+impl std::fmt::Display for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} failed: {}", self.what, self.error)
+    }
+}
+
+impl std::error::Error for Shared {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
     }
 }
 
