@@ -117,7 +117,8 @@ impl RedisServer {
     }
 
     /// Starts the server again on the same port (after [`RedisServer::stop`]) and waits until it
-    /// answers `PING`. Does nothing if it runs.
+    /// answers (itself: the process answering on the port must be this server). Does nothing if
+    /// it runs.
     ///
     /// # Errors
     /// When it could not be started or did not answer in time.
@@ -164,12 +165,25 @@ impl RedisServer {
     }
 
     /// Freezes the server (`SIGSTOP`): connections stay open but nothing is answered, as with a
-    /// hung process.
+    /// hung process. Returns once every thread of it has stopped: `kill` returns as soon as the
+    /// signal is sent, and a server busy on the other core answered two more commands after
+    /// that once (in CI).
     ///
     /// # Errors
-    /// When it does not run or the signal could not be sent.
+    /// When it does not run, the signal could not be sent, or it has not stopped within 5 s.
     pub fn pause(&self) -> io::Result<()> {
-        self.signal("-STOP")
+        self.signal("-STOP")?;
+        let pid = self.pid()?;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !all_threads_stopped(pid)? {
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::other(format!(
+                    "redis-server {pid} did not stop within 5 s of SIGSTOP"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// Lets a paused server go on (`SIGCONT`).
@@ -180,12 +194,15 @@ impl RedisServer {
         self.signal("-CONT")
     }
 
-    fn signal(&self, signal: &str) -> io::Result<()> {
-        let pid = self
-            .child
+    fn pid(&self) -> io::Result<u32> {
+        self.child
             .as_ref()
             .and_then(Child::id)
-            .ok_or_else(|| io::Error::other("redis-server is not running"))?;
+            .ok_or_else(|| io::Error::other("redis-server is not running"))
+    }
+
+    fn signal(&self, signal: &str) -> io::Result<()> {
+        let pid = self.pid()?;
         let status = std::process::Command::new("kill")
             .arg(signal)
             .arg(pid.to_string())
@@ -207,9 +224,18 @@ impl RedisServer {
                     return Err(io::Error::other(format!("exited at start: {status}")));
                 }
             }
-            let attempt = tokio::time::timeout(Duration::from_millis(500), ping(addr)).await;
-            if let Ok(Ok(true)) = attempt {
-                return Ok(());
+            // The server that answers must be this one: a port found free can be handed to
+            // another test's server too, and then this one fails to bind it (and exits, maybe
+            // after the other one answered).
+            let attempt = tokio::time::timeout(Duration::from_millis(500), process_id(addr)).await;
+            if let Ok(Ok(Some(pid))) = attempt {
+                if Some(pid) == self.child.as_ref().and_then(Child::id) {
+                    return Ok(());
+                }
+                return Err(io::Error::other(format!(
+                    "port {} is another redis-server's (pid {pid})",
+                    self.port
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
@@ -232,13 +258,35 @@ impl Drop for RedisServer {
     }
 }
 
-/// Whether a Redis at `addr` answers `PING` with `PONG`.
-async fn ping(addr: SocketAddr) -> io::Result<bool> {
+/// The process id a Redis at `addr` gives in `INFO server`, once it answers.
+async fn process_id(addr: SocketAddr) -> io::Result<Option<u32>> {
     let mut stream = TcpStream::connect(addr).await?;
-    stream.write_all(b"PING\r\n").await?;
-    let mut reply = [0u8; 7];
-    stream.read_exact(&mut reply).await?;
-    Ok(&reply == b"+PONG\r\n")
+    stream.write_all(b"INFO server\r\n").await?;
+    // A bulk string: `$<length>\r\n<text>\r\n`.
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        reply.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&reply);
+        let Some((head, body)) = text.split_once("\r\n") else {
+            continue;
+        };
+        let Some(length) = head.strip_prefix('$').and_then(|l| l.parse::<usize>().ok()) else {
+            // An error reply (`-LOADING ...` while it starts), or not Redis.
+            return Ok(None);
+        };
+        if body.len() < length {
+            continue;
+        }
+        return Ok(body.lines().find_map(|line| {
+            line.strip_prefix("process_id:")
+                .and_then(|pid| pid.trim().parse().ok())
+        }));
+    }
 }
 
 /// A loopback port nothing listens on now.
@@ -246,4 +294,54 @@ fn free_port() -> io::Result<u16> {
     Ok(std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())
+}
+
+/// Whether every thread of process `pid` is stopped (state `T`, or `t` when traced).
+fn all_threads_stopped(pid: u32) -> io::Result<bool> {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = std::fs::read_to_string(task?.path().join("stat"))?;
+        // The state follows the `)` that ends the command name (which may hold spaces).
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next());
+        if !matches!(state, Some('T' | 't')) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_server_finds_its_port_taken_by_another_instead_of_using_that_one() {
+        let mut ours = RedisServer::spawn().await.unwrap();
+        ours.stop().await;
+        // Another test's server gets the port meanwhile.
+        let mut theirs = RedisServer::spawn().await.unwrap();
+        theirs.stop().await;
+        theirs.port = ours.port;
+        theirs.start().await.unwrap();
+
+        // Refused either way: the other one answered before ours exited (usually), or after.
+        let e = ours.start().await.unwrap_err().to_string();
+        assert!(
+            e.contains("is another redis-server's") || e.contains("exited at start"),
+            "{e}"
+        );
+        assert!(ours.child.is_none());
+        // The other one still answers, and pausing it stops every thread of it.
+        assert!(
+            process_id(SocketAddr::from((Ipv4Addr::LOCALHOST, theirs.port)))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        theirs.pause().unwrap();
+        theirs.resume().unwrap();
+    }
 }
