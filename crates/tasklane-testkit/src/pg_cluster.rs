@@ -260,8 +260,19 @@ impl PgCluster {
                     return Err(io::Error::other(format!("exited at start: {status}")));
                 }
             }
-            if try_connect(&url, Duration::from_millis(500)).await.is_ok() {
-                return Ok(());
+            if let Ok(client) = try_connect(&url, Duration::from_millis(500)).await {
+                // The server that answers must be this one: a port found free can be handed to
+                // another test's cluster too, and then this one fails to bind it (and exits,
+                // maybe after the other one answered).
+                let row = client.query_one("SHOW data_directory", &[]).await;
+                let theirs: Option<String> = row.ok().map(|r| r.get(0));
+                if theirs.as_deref().map(Path::new) == Some(self.data.as_path()) {
+                    return Ok(());
+                }
+                return Err(io::Error::other(format!(
+                    "port {} is another server's (data directory {theirs:?})",
+                    self.port
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
@@ -554,6 +565,26 @@ mod tests {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query hung"))?
             .map_err(|e| io::Error::other(e.to_string()))?;
         Ok(row.get(0))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cluster_finds_its_port_taken_by_another_instead_of_using_that_one() {
+        let mut ours = PgCluster::spawn().await.unwrap();
+        ours.stop().await;
+        // Another test's cluster gets the port meanwhile.
+        let mut theirs = PgCluster::spawn().await.unwrap();
+        theirs.stop().await;
+        theirs.port = ours.port;
+        theirs.start().await.unwrap();
+
+        // Refused either way: the other one answered before ours exited (usually), or after.
+        let e = ours.start().await.unwrap_err().to_string();
+        assert!(
+            e.contains("is another server's") || e.contains("exited at start"),
+            "{e}"
+        );
+        assert!(ours.child.is_none());
+        assert_eq!(select_one(&theirs.url("postgres")).await.unwrap(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
