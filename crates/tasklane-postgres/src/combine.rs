@@ -30,7 +30,7 @@
 use chrono::TimeDelta;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use tasklane_domain::{RepoError, Task, TaskPatch, Version};
 use tokio::sync::oneshot;
 
@@ -137,11 +137,6 @@ impl Combiner {
 #[derive(Debug, thiserror::Error)]
 #[error("the run of updates of this task that this one waited in stopped before answering it")]
 pub(crate) struct Abandoned;
-
-/// The error of a combined `UPDATE`, for one of the updates it carried.
-pub(crate) fn shared(error: &Arc<RepoError>) -> RepoError {
-    crate::errors::shared(error, "a combined update")
-}
 
 /// What an update gets when the updates of its task ahead of it took longer than its bound:
 /// it may still be written, as with any write that is `Unavailable`.

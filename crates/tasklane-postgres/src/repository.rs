@@ -649,7 +649,8 @@ impl PgTaskRepository {
                             let error = Arc::new(error);
                             let rest = waiting.drain(..).map(|w| w.reply);
                             for reply in replies.into_iter().chain(rest) {
-                                let _ = reply.send(Err(combine::shared(&error)));
+                                let _ =
+                                    reply.send(Err(errors::shared(&error, "a combined update")));
                             }
                         }
                     }

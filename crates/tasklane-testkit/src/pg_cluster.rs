@@ -264,15 +264,17 @@ impl PgCluster {
                 // The server that answers must be this one: a port found free can be handed to
                 // another test's cluster too, and then this one fails to bind it (and exits,
                 // maybe after the other one answered).
-                let row = client.query_one("SHOW data_directory", &[]).await;
-                let theirs: Option<String> = row.ok().map(|r| r.get(0));
-                if theirs.as_deref().map(Path::new) == Some(self.data.as_path()) {
-                    return Ok(());
+                // A query that fails says nothing either way: ask again.
+                if let Ok(row) = client.query_one("SHOW data_directory", &[]).await {
+                    let theirs: String = row.get(0);
+                    if Path::new(&theirs) == self.data {
+                        return Ok(());
+                    }
+                    return Err(io::Error::other(format!(
+                        "port {} is another server's (data directory {theirs})",
+                        self.port
+                    )));
                 }
-                return Err(io::Error::other(format!(
-                    "port {} is another server's (data directory {theirs:?})",
-                    self.port
-                )));
             }
             if Instant::now() >= deadline {
                 return Err(io::Error::new(
