@@ -326,10 +326,13 @@ median_by_rps() {
 #
 # The scenarios in MEDIAN3 are measured three times and the run with the median requests/s is
 # recorded (its latency and CPU; the peak RSS and the errors are the worst of the three): each
-# pair of them is compared with each other (a 304 must serve at least as many requests as the
-# 200 it replaces), two scenarios of about the same cost whose single 10 s runs moved by up to
-# 10% against each other between runs, so one run each decided the comparison by chance.
-MEDIAN3=" list3 list3_304 get get_304 "
+# is compared with another scenario of about the same cost (a 304 must serve at least as many
+# requests as the 200 it replaces; the mix at least 0.40 of the cached list), whose single 10 s
+# runs moved by up to 10% (the mix: 15%) against each other between runs, so one run each
+# decided the comparison by chance. Two scenarios compared with each other are measured in
+# turn (run_pair), so that a machine that slows down or speeds up during the run weighs on both
+# alike.
+MEDIAN3=" list3 list3_304 get get_304 mix "
 # List reads the running tasklane answered by joining an identical one (PostgreSQL only; 0
 # without the metric).
 lists_joined() {
@@ -338,27 +341,68 @@ lists_joined() {
 }
 
 run_wrk() {
+  want "$1" || return 0
+  warm_up "$@"
+  local runs=1 k
+  [[ $MEDIAN3 == *" $1 "* ]] && runs=3
+  for ((k = 0; k < runs; k++)); do measure_once "$@"; done
+  record_measured "$1"
+}
+
+# run_pair "ID SCRIPT PATH [args...]" "ID SCRIPT PATH [args...]": two scenarios compared with
+# each other, both in MEDIAN3, measured in turn (A B A B A B) after a warm-up of each.
+run_pair() {
+  local -a a b
+  read -r -a a <<<"$1"
+  read -r -a b <<<"$2"
+  if ! want "${a[0]}" || ! want "${b[0]}"; then
+    run_wrk "${a[@]}"
+    run_wrk "${b[@]}"
+    return 0
+  fi
+  warm_up "${a[@]}"
+  warm_up "${b[@]}"
+  local k
+  for ((k = 0; k < 3; k++)); do
+    measure_once "${a[@]}"
+    measure_once "${b[@]}"
+  done
+  record_measured "${a[0]}"
+  record_measured "${b[0]}"
+}
+
+warm_up() { # ID SCRIPT PATH [script args...]
   local id=$1 script=$2 path=$3
   shift 3
-  want "$id" || return 0
   log "scenario $id ($TL_CONFIG): $path"
   BENCH_PHASE=warmup BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" \
     --timeout 5s -s "$ROOT/scripts/bench/$script" "$TL_URL$path" -- "$@" >/dev/null
-  local runs=1 k before out after hwm line joined measured=()
-  [[ $MEDIAN3 == *" $id "* ]] && runs=3
-  for ((k = 0; k < runs; k++)); do
-    echo 5 >"/proc/$TL_PID/clear_refs" 2>/dev/null || true
-    before=$(cpu_ticks "$TL_PID")
-    joined=$(lists_joined)
-    out=$(BENCH_PHASE=measure BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" \
-      -d"${DURATION}s" --timeout 5s -s "$ROOT/scripts/bench/$script" "$TL_URL$path" -- "$@")
-    after=$(cpu_ticks "$TL_PID")
-    joined=$(( $(lists_joined) - joined ))
-    hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$TL_PID/status")
-    line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "$id: wrk reported nothing"; }
-    measured+=("$line joined=$joined cpu_ticks=$(( after - before )) hwm_kib=$hwm")
-  done
-  local pick worst_hwm sums cpu bench
+}
+
+# measure_once ID SCRIPT PATH [script args...]: one measured run, kept in $TMP/runs/ID.
+measure_once() {
+  local id=$1 script=$2 path=$3
+  shift 3
+  local before out after hwm line joined
+  echo 5 >"/proc/$TL_PID/clear_refs" 2>/dev/null || true
+  before=$(cpu_ticks "$TL_PID")
+  joined=$(lists_joined)
+  out=$(BENCH_PHASE=measure BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" \
+    -d"${DURATION}s" --timeout 5s -s "$ROOT/scripts/bench/$script" "$TL_URL$path" -- "$@")
+  after=$(cpu_ticks "$TL_PID")
+  joined=$(( $(lists_joined) - joined ))
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$TL_PID/status")
+  line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "$id: wrk reported nothing"; }
+  mkdir -p "$TMP/runs"
+  echo "$line joined=$joined cpu_ticks=$(( after - before )) hwm_kib=$hwm" >>"$TMP/runs/$id"
+}
+
+# record_measured ID: the runs kept for ID, as one result (the median run; see MEDIAN3).
+record_measured() {
+  local id=$1 pick worst_hwm sums cpu bench
+  local -a measured
+  mapfile -t measured <"$TMP/runs/$id"
+  rm -f "$TMP/runs/$id"
   pick=$(median_by_rps "${measured[@]}")
   worst_hwm=$(printf '%s\n' "${measured[@]}" | grep -o 'hwm_kib=[0-9]*' | cut -d= -f2 | sort -n | tail -1)
   # Errors of every run count: a median must not hide them.
@@ -367,6 +411,12 @@ run_wrk() {
       END { printf "status_errors=%d socket_errors=%d", s, k }')
   cpu=$(grep -o 'cpu_ticks=[0-9]*' <<<"$pick" | cut -d= -f2)
   bench=$(sed -E "s/ cpu_ticks=[0-9]+ hwm_kib=[0-9]+\$//; s/status_errors=[0-9]+ socket_errors=[0-9]+/$sums/" <<<"$pick")
+  # Every run's requests/s, in the order measured, for the report.
+  if [ "${#measured[@]}" -gt 1 ]; then
+    bench+=" runs_rps=$(printf '%s\n' "${measured[@]}" | awk '{ for (i = 2; i <= NF; i++) {
+        split($i, kv, "="); f[kv[1]] = kv[2] }
+        printf "%s%d", (NR > 1 ? ":" : ""), f["requests"] * 1e6 / f["duration_us"] }')"
+  fi
   record "$id" "$TL_CONFIG" "$bench" "$cpu" "$worst_hwm" >>"$RESULTS"
 }
 
@@ -376,7 +426,9 @@ record() {
 import json, sys
 clk, sid, config, line = sys.argv[1:5]
 rest = sys.argv[5:]
-f = {k: int(v) for k, v in (kv.split("=") for kv in line.split()[1:])}
+f = {k: v for k, v in (kv.split("=") for kv in line.split()[1:])}
+runs = [int(x) for x in f.pop("runs_rps", "").split(":") if x]
+f = {k: int(v) for k, v in f.items()}
 secs = f["duration_us"] / 1e6
 r = {"id": sid, "config": config, "requests": f["requests"],
      "rps": f["requests"] / secs if secs else 0.0,
@@ -384,6 +436,8 @@ r = {"id": sid, "config": config, "requests": f["requests"],
      "errors": f["status_errors"] + f["socket_errors"]}
 if f.get("joined"):
     r["joined"] = f["joined"]
+if runs:
+    r["runs_rps"] = runs
 if rest:
     r["cpu_s"] = int(rest[0]) / int(clk)
     r["rss_kib"] = int(rest[1])
@@ -505,9 +559,8 @@ if [ -n "$NEED_SMALL" ]; then
   curl -fsS "$TL_URL/api/tasks" -o "$LIST3_FILE"
   LIST3_ETAG=$(curl -fsS -D - -o /dev/null "$TL_URL/api/tasks" | awk -F': ' 'tolower($1) == "etag" {print $2}' | tr -d '\r')
   run_wrk health get.lua /api/health
-  run_wrk list3 get.lua /api/tasks
-  nginx_limit nginx_list3 "$LIST3_FILE"
-  run_wrk list3_304 get.lua /api/tasks "header=If-None-Match: $LIST3_ETAG"
+  if want list3 || want list3_304; then nginx_limit nginx_list3 "$LIST3_FILE"; fi
+  run_pair "list3 get.lua /api/tasks" "list3_304 get.lua /api/tasks header=If-None-Match:$LIST3_ETAG"
   # Writes touch the 3 tasks; ids 1-3 in a fresh database.
   run_wrk mix mix.lua /api/tasks lo=1 hi=3
   if want mix; then
@@ -533,9 +586,9 @@ if [ -n "$NEED_100K" ]; then
     run_wrk list100 get.lua /api/tasks
     nginx_limit nginx_list100 "$LIST100_FILE"
     # Reads take ids 1-50,000 (all still version 1: ETag "v1"), writes 50,001-100,000.
-    run_wrk get get_ids.lua /api/tasks/1 lo=1 hi=50000
+    run_pair "get get_ids.lua /api/tasks/1 lo=1 hi=50000" \
+      "get_304 get_ids.lua /api/tasks/1 lo=1 hi=50000 etag=\"v1\""
     pgbench_select_limit
-    run_wrk get_304 get_ids.lua /api/tasks/1 lo=1 hi=50000 'etag="v1"'
     run_wrk update put.lua /api/tasks/1 lo=50001 hi=100000
     run_wrk create post.lua /api/tasks
     pgbench_insert_limit

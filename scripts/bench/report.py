@@ -123,6 +123,7 @@ def build_rows(results):
             "limit_rps": limit_rps, "ratio": ratio, "ratio_text": ratio_text,
             "target": target_text, "met": met_text,
             "requests": r.get("requests", 0), "joined": r.get("joined", 0),
+            "runs_rps": [] if "@" in sid else r.get("runs_rps", []),
         })
     for lid, name in LIMITS.items():
         r = by_id.get(lid)
@@ -268,6 +269,18 @@ def joined_md(rows):
     )
 
 
+def runs_md(rows):
+    """Every run of the scenarios measured more than once, in the order they ran."""
+    runs = [
+        f"*{r['label']}* " + " / ".join(f"{x:,}" for x in r["runs_rps"])
+        for r in rows
+        if r.get("runs_rps")
+    ]
+    if not runs:
+        return ""
+    return "- *runs*: requests/s of each run, in the order measured: " + "; ".join(runs) + "."
+
+
 def write_markdown(path, rows, m):
     section = "\n".join([
         BEGIN,
@@ -295,11 +308,14 @@ def write_markdown(path, rows, m):
         "same text, which none of the search words match, so a search must pass all of them to find "
         "its first match: the worst case for a search in list order, reported without a target.",
         joined_md(rows),
+        runs_md(rows),
         "- *get one* reads random tasks of 100,000; *304* sends the task's or list's ETag in "
         "`If-None-Match`. *update* and *delete* go through Redis too (each write bumps the generation). "
-        "The cached 3-row list, get one and their 304s are compared with each other, so each is "
-        "measured three times and the run with the median requests/s is shown (its latency and "
-        "CPU; the errors of all three runs and the highest peak RSS).",
+        "The cached 3-row list, get one, their 304s and the mix are compared with each other, so "
+        "each is measured three times and the run with the median requests/s is shown (its "
+        "latency and CPU; the errors of all three runs and the highest peak RSS); a 304 and the "
+        "200 it replaces are measured in turn (200, 304, 200, 304, 200, 304), so that a machine "
+        "that slows down or speeds up during the run weighs on both alike.",
         "- *90/10 mix*: nine cached-list reads for each PUT of one of the listed tasks, so writes keep "
         "invalidating the list the readers read; compared with the cached 3-row list, and with ten "
         "times the rate at which pgbench alone runs the PUT's UPDATE on the same 3 rows, one "
