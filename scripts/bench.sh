@@ -350,7 +350,8 @@ run_wrk() {
 }
 
 # run_pair "ID SCRIPT PATH [args...]" "ID SCRIPT PATH [args...]": two scenarios compared with
-# each other, both in MEDIAN3, measured in turn (A B A B A B) after a warm-up of each.
+# each other, both in MEDIAN3, measured in turn (A B A B A B) after a warm-up of each. Each
+# string is split at spaces, so no argument in it may contain one.
 run_pair() {
   local -a a b
   read -r -a a <<<"$1"
