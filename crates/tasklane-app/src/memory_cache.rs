@@ -10,7 +10,7 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
-use tasklane_domain::{CacheError, CacheLookup, Generation, TaskCache};
+use tasklane_domain::{CacheError, CacheLookup, Generation, Replacement, TaskCache};
 
 /// How much the cache may hold, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +195,45 @@ impl TaskCache for MemoryTaskCache {
         Ok(())
     }
 
+    async fn bump_generation_replacing(
+        &self,
+        replacements: &[Replacement],
+        _deadline: Instant,
+    ) -> Result<Vec<bool>, CacheError> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let before = state.generation;
+        let after = before.wrapping_add(1);
+        let mut entries = std::mem::take(&mut state.entries);
+        state.generation = after;
+        state.bytes = 0;
+        let mut made = Vec::with_capacity(replacements.len());
+        for r in replacements {
+            let held = entries.remove(&r.key).filter(|e| {
+                r.expected_generation.0 == before
+                    && e.generation == before
+                    && e.expires > now
+                    && e.value == r.expected_value
+            });
+            let size = footprint(&r.key, &r.value);
+            let Some(old) = held.filter(|_| state.bytes + size <= self.settings.max_bytes) else {
+                made.push(false);
+                continue;
+            };
+            state.bytes += size;
+            state.entries.insert(
+                r.key.clone(),
+                Entry {
+                    generation: after,
+                    value: r.value.clone(),
+                    expires: old.expires,
+                },
+            );
+            made.push(true);
+        }
+        Ok(made)
+    }
+
     async fn ping(&self, _deadline: Instant) -> Result<(), CacheError> {
         Ok(())
     }
@@ -264,6 +303,32 @@ mod tests {
         assert!(!is_hit(&c, "k").await);
         assert_eq!(c.state().entries.len(), 0, "an expired entry is dropped");
         assert_eq!(c.state().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_entry_keeps_its_expiry_and_its_bytes_are_counted() {
+        let c = cache(Duration::from_millis(300), 10, 1 << 20);
+        let g = generation(&c).await;
+        put(&c, "k", g, b"v").await;
+        put(&c, "other", g, b"o").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let r = Replacement {
+            key: "k".into(),
+            expected_generation: g,
+            expected_value: Bytes::from_static(b"v"),
+            value: Bytes::from_static(b"longer"),
+        };
+        let made = c.bump_generation_replacing(&[r], deadline()).await.ok();
+        assert_eq!(made, Some(vec![true]));
+        assert!(is_hit(&c, "k").await);
+        assert!(!is_hit(&c, "other").await);
+        assert_eq!(
+            c.state().bytes,
+            footprint("k", &Bytes::from_static(b"longer"))
+        );
+        // 300 ms after the first store, not after the replacement.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!is_hit(&c, "k").await);
     }
 
     #[tokio::test]

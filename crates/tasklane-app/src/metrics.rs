@@ -117,6 +117,11 @@ impl Metrics {
                 "Cache calls that failed or timed out (served from the store)",
                 &stats.errors,
             ),
+            (
+                "replaced",
+                "List pages an update was written through into (stored under the new generation with its bump)",
+                &stats.replaced,
+            ),
         ] {
             let _ = writeln!(
                 text,

@@ -79,6 +79,9 @@ pub struct Settings {
     /// Bytes of Redis entries each process keeps as local copies (0: none). A copy is served
     /// only after Redis confirms its generation is still current.
     pub cache_local_bytes: usize,
+    /// Whether an update writes itself through into the cached unfiltered list pages (stored
+    /// under the new generation in the same step as the bump) instead of leaving them to miss.
+    pub cache_write_through: bool,
     pub log_format: LogFormat,
     /// A `tracing` filter; `RUST_LOG` wins when set.
     pub log: String,
@@ -127,6 +130,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("cache_breaker_threshold", "3"),
     ("cache_breaker_cooldown_ms", "1000"),
     ("cache_local_bytes", "8388608"),
+    ("cache_write_through", "true"),
     ("log_format", "pretty"),
     ("log", "info"),
     ("cors_origins", ""),

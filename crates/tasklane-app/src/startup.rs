@@ -278,7 +278,11 @@ pub async fn wire(settings: &Settings) -> Result<Wiring, StartupError> {
             );
         }
     }
-    let service = Arc::new(TaskService::new(repo, cache, settings.cache_timeout()));
+    let mut service = TaskService::new(repo, cache, settings.cache_timeout());
+    if settings.cache_write_through {
+        service = service.with_list_renderer(Arc::new(crate::routes::render_list));
+    }
+    let service = Arc::new(service);
     Ok(Wiring {
         service,
         store,

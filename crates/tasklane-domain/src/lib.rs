@@ -6,9 +6,11 @@ mod ports;
 mod query;
 mod service;
 mod task;
+mod write_through;
 
 pub use idempotency::*;
 pub use ports::*;
 pub use query::*;
 pub use service::*;
 pub use task::*;
+pub use write_through::ListRenderer;

@@ -150,6 +150,21 @@ pub enum CacheLookup {
     Miss(Option<Generation>),
 }
 
+/// A list entry to replace in the same atomic step as a generation bump: see
+/// [`TaskCache::bump_generation_replacing`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replacement {
+    /// The entry's key, as for [`TaskCache::store`].
+    pub key: String,
+    /// The generation the bump must start from for the replacement to be made.
+    pub expected_generation: Generation,
+    /// What the entry must hold, stored under `expected_generation`, for the replacement to be
+    /// made: proof that it is the page `value` was derived from.
+    pub expected_value: Bytes,
+    /// The value for the generation after `expected_generation`.
+    pub value: Bytes,
+}
+
 /// A shared cache of rendered list pages, keyed by [`ListQuery::cache_key`]. Values are opaque
 /// bytes: the caller decides what they hold.
 ///
@@ -180,6 +195,21 @@ pub trait TaskCache: Send + Sync {
     /// # Errors
     /// `Unavailable` when the cache cannot answer by the deadline.
     async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError>;
+
+    /// Moves the generation on, as [`TaskCache::bump_generation`] does, and in the same atomic
+    /// step (no lookup sees one without the other) stores each replacement's `value` under the
+    /// new generation, keeping its entry's expiry, if and only if the generation before the
+    /// bump was its `expected_generation` and the entry held exactly its `expected_value` under
+    /// that generation. Answers, for each replacement in order, whether it was made.
+    ///
+    /// # Errors
+    /// `Unavailable` when the cache cannot answer by the deadline (whether the bump happened is
+    /// then unknown, as for [`TaskCache::bump_generation`]).
+    async fn bump_generation_replacing(
+        &self,
+        replacements: &[Replacement],
+        deadline: Instant,
+    ) -> Result<Vec<bool>, CacheError>;
 
     /// Proves the cache answers now.
     ///

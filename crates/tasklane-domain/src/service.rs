@@ -19,6 +19,10 @@
 //! after a write was acknowledged (and so sees a newer generation) never waits for a read that
 //! may predate that write. For the same reason a read's bytes, once it has finished, serve for a
 //! moment the readers that miss the same entry under the same generation (see `Recent`).
+//!
+//! With a list renderer registered ([`TaskService::with_list_renderer`]), an update also writes
+//! itself through into the unfiltered pages this process has read: the cache stores their next
+//! version in the same step as the bump, so their readers keep hitting (see `write_through`).
 
 use crate::idempotency::{Idempotency, IdempotencyKey, IDEMPOTENCY_KEY_TTL};
 use crate::ports::{
@@ -26,6 +30,7 @@ use crate::ports::{
 };
 use crate::query::{ListQuery, Page, StatusCounts};
 use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch};
+use crate::write_through::{Heads, ListRenderer};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -89,6 +94,8 @@ pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub errors: AtomicU64,
+    /// Updates written through into a cached list page (one per page replaced).
+    pub replaced: AtomicU64,
 }
 
 /// The task use cases.
@@ -103,6 +110,10 @@ pub struct TaskService {
     in_flight: Mutex<HashSet<IdempotencyKey>>,
     /// The store reads of missed list entries running now, by entry and generation.
     flights: Flights,
+    /// How list pages are rendered, for write-through; none: every write is a plain bump.
+    renderer: Option<ListRenderer>,
+    /// The unfiltered pages updates are written through into.
+    heads: Heads,
 }
 
 /// A key of [`TaskService::in_flight`], released when dropped: when the create returns, fails,
@@ -322,7 +333,18 @@ impl TaskService {
             stats: CacheStats::default(),
             in_flight: Mutex::new(HashSet::new()),
             flights: Flights::default(),
+            renderer: None,
+            heads: Heads::default(),
         }
+    }
+
+    /// Writes updates through into the cached unfiltered list pages, rendered by `renderer`,
+    /// which must be the function readers pass to [`TaskService::list_rendered`] (the cache only
+    /// takes a replacement built on the exact bytes it holds).
+    #[must_use]
+    pub fn with_list_renderer(mut self, renderer: ListRenderer) -> Self {
+        self.renderer = Some(renderer);
+        self
     }
 
     pub fn cache_stats(&self) -> &CacheStats {
@@ -395,7 +417,10 @@ impl TaskService {
         precondition: Precondition,
     ) -> Result<Task, ServiceError> {
         let result = self.repo.update(id, patch, precondition).await;
-        self.after_write(&result).await;
+        match &result {
+            Ok(task) => self.after_update(task).await,
+            Err(_) => self.after_write(&result).await,
+        }
         Ok(result?)
     }
 
@@ -467,6 +492,9 @@ impl TaskService {
         if let Some(lead) = lead {
             lead.publish(&bytes);
         }
+        if let (Some(_), Some(generation)) = (&self.renderer, missed_under) {
+            self.heads.record(&key, query, generation, &page, &bytes);
+        }
 
         if let (Some(cache), Some(generation)) = (&self.cache, missed_under) {
             if !budget_left.is_zero() {
@@ -507,9 +535,50 @@ impl TaskService {
             return;
         }
         let deadline = Instant::now() + self.cache_budget;
-        if let Err(e) = cache.bump_generation(deadline).await {
+        let bumped = cache.bump_generation(deadline).await;
+        // Moved on without replacements (or maybe not at all): no head can be replaced now.
+        self.heads.clear();
+        if let Err(e) = bumped {
             self.debt.fetch_add(1, Ordering::SeqCst);
             self.cache_failed("bump_generation (owed until the cache answers)", &e);
+        }
+    }
+
+    /// After an update the store made: the bump, with the heads' next pages written through.
+    async fn after_update(&self, task: &Task) {
+        let Some(cache) = &self.cache else { return };
+        let replacements = match &self.renderer {
+            // An owed bump means a write this process acknowledged may be missing from the
+            // heads; the plain bump below leaves the pages to miss.
+            Some(render) if self.debt.load(Ordering::SeqCst) == 0 => {
+                self.heads.advance(task, render)
+            }
+            _ => Vec::new(),
+        };
+        if replacements.is_empty() {
+            return self.after_write(&Ok::<(), RepoError>(())).await;
+        }
+        let deadline = Instant::now() + self.cache_budget;
+        match cache
+            .bump_generation_replacing(&replacements, deadline)
+            .await
+        {
+            Ok(made) => {
+                let mut n = 0;
+                for (i, r) in replacements.iter().enumerate() {
+                    if made.get(i).copied().unwrap_or(false) {
+                        n += 1;
+                    } else {
+                        self.heads.refused(r);
+                    }
+                }
+                self.stats.replaced.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.heads.clear();
+                self.debt.fetch_add(1, Ordering::SeqCst);
+                self.cache_failed("bump_generation (owed until the cache answers)", &e);
+            }
         }
     }
 
@@ -519,7 +588,9 @@ impl TaskService {
         if owed == 0 {
             return true;
         }
-        match cache.bump_generation(deadline).await {
+        let bumped = cache.bump_generation(deadline).await;
+        self.heads.clear();
+        match bumped {
             Ok(()) => {
                 // A failure recorded meanwhile keeps the debt for the next caller to pay.
                 let _ = self
@@ -544,7 +615,7 @@ impl TaskService {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::{MockTaskCache, MockTaskRepository};
+    use crate::ports::{MockTaskCache, MockTaskRepository, Replacement};
     use crate::query::Limit;
     use crate::task::{Description, Status, Title, Version};
     use async_trait::async_trait;
@@ -599,6 +670,171 @@ mod tests {
             Some(Arc::new(cache)),
             Duration::from_millis(100),
         )
+    }
+
+    /// Renders titles and versions, so that a page with an updated row renders differently.
+    fn render_rows(_q: &ListQuery, page: &Page) -> Bytes {
+        let rows: Vec<String> = page
+            .tasks
+            .iter()
+            .map(|t| format!("{}@{}", t.title.as_str(), t.version.get()))
+            .collect();
+        Bytes::from(rows.join(","))
+    }
+
+    fn updated(id: i64, version: i64, title: &str) -> Task {
+        Task {
+            title: Title::new(title).unwrap_or_else(|_| unreachable!()),
+            version: Version::new(version),
+            ..task(id)
+        }
+    }
+
+    /// A service writing updates through, whose cache missed the default list under generation
+    /// 7 once (the store then read tasks 2 and 1) and takes whatever is stored.
+    fn writing_through(mut cache: MockTaskCache) -> TaskService {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_list()
+            .returning(|q| Ok(Page::from_rows(vec![task(2), task(1)], q.limit)));
+        repo.expect_update()
+            .returning(|id, _, _| Ok(updated(id.get(), 2, "new")));
+        repo.expect_create().returning(|_, _| Ok(created(3)));
+        cache
+            .expect_lookup()
+            .returning(|_, _| Ok(CacheLookup::Miss(Some(Generation(7)))));
+        cache.expect_store().returning(|_, _, _, _| Ok(()));
+        service(repo, cache).with_list_renderer(Arc::new(render_rows))
+    }
+
+    async fn read_default_list(svc: &TaskService) {
+        let q = ListQuery::default();
+        let body = svc.list_rendered(&q, |p| render_rows(&q, p)).await;
+        assert_eq!(body.ok(), Some(Bytes::from_static(b"t2@1,t1@1")));
+    }
+
+    async fn update(svc: &TaskService, id: i64) {
+        let id = TaskId::new(id).unwrap_or_else(|| unreachable!());
+        let r = svc
+            .update(id, TaskPatch::default(), Precondition::None)
+            .await;
+        assert!(r.is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_update_writes_itself_through_into_a_page_read_from_the_store() {
+        let mut cache = MockTaskCache::new();
+        cache.expect_bump_generation().never();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&seen);
+        cache
+            .expect_bump_generation_replacing()
+            .times(2)
+            .returning(move |r, _| {
+                lock(&log).extend(r.iter().cloned());
+                Ok(vec![true; r.len()])
+            });
+        let svc = writing_through(cache);
+        read_default_list(&svc).await;
+
+        update(&svc, 1).await;
+        update(&svc, 2).await;
+
+        let key = ListQuery::default().cache_key();
+        let seen = lock(&seen).clone();
+        assert_eq!(
+            seen,
+            vec![
+                Replacement {
+                    key: key.clone(),
+                    expected_generation: Generation(7),
+                    expected_value: Bytes::from_static(b"t2@1,t1@1"),
+                    value: Bytes::from_static(b"t2@1,new@2"),
+                },
+                Replacement {
+                    key,
+                    expected_generation: Generation(8),
+                    expected_value: Bytes::from_static(b"t2@1,new@2"),
+                    value: Bytes::from_static(b"new@2,new@2"),
+                },
+            ]
+        );
+        assert_eq!(svc.cache_stats().replaced.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_replacement_leaves_the_next_update_a_plain_bump() {
+        let mut cache = MockTaskCache::new();
+        cache
+            .expect_bump_generation_replacing()
+            .times(1)
+            .returning(|r, _| Ok(vec![false; r.len()]));
+        cache
+            .expect_bump_generation()
+            .times(1)
+            .returning(|_| Ok(()));
+        let svc = writing_through(cache);
+        read_default_list(&svc).await;
+
+        update(&svc, 1).await;
+        update(&svc, 1).await;
+
+        assert_eq!(svc.cache_stats().replaced.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_create_is_a_plain_bump_and_leaves_nothing_to_write_through() {
+        let mut cache = MockTaskCache::new();
+        cache.expect_bump_generation_replacing().never();
+        cache
+            .expect_bump_generation()
+            .times(2)
+            .returning(|_| Ok(()));
+        let svc = writing_through(cache);
+        read_default_list(&svc).await;
+
+        assert!(svc.create(new_task(), None).await.is_ok());
+        update(&svc, 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_filtered_page_is_not_written_through() {
+        let mut cache = MockTaskCache::new();
+        cache.expect_bump_generation_replacing().never();
+        cache
+            .expect_bump_generation()
+            .times(1)
+            .returning(|_| Ok(()));
+        let svc = writing_through(cache);
+        let q = ListQuery {
+            status: Some(Status::Todo),
+            ..Default::default()
+        };
+        assert!(svc.list_rendered(&q, |p| render_rows(&q, p)).await.is_ok());
+
+        update(&svc, 1).await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_replacing_bump_is_owed_and_stops_writing_through() {
+        let mut cache = MockTaskCache::new();
+        cache
+            .expect_bump_generation_replacing()
+            .times(1)
+            .returning(|_, _| Err(unavailable()));
+        // The next update finds a debt: a plain bump, not a replacement built on a page that
+        // may lack the write whose bump failed. Then the next lookup pays the debt.
+        cache
+            .expect_bump_generation()
+            .times(2)
+            .returning(|_| Ok(()));
+        let svc = writing_through(cache);
+        read_default_list(&svc).await;
+
+        update(&svc, 1).await;
+        update(&svc, 1).await;
+        read_default_list(&svc).await;
+
+        assert_eq!(svc.cache_stats().errors.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

@@ -8,7 +8,9 @@
 //!
 //! A lookup is one round trip (`MGET gen entry`) and hits only when the entry's generation is
 //! the current one, so a value computed before a write can never be served after that write's
-//! bump. An entry this process has already read or written is kept as a local copy (see
+//! bump. A bump that writes an update through ([`TaskCache::bump_generation_replacing`]) is one
+//! Lua script ([`BUMP_REPLACING`]), so that no lookup sees the new generation without the
+//! entries it replaces. An entry this process has already read or written is kept as a local copy (see
 //! [`local`]), and then the round trip is a `GET gen` alone: the same check, without the
 //! page. Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
 //! failing and probes it again after a cool-down.
@@ -29,8 +31,9 @@ use deadpool_redis::redis::{self, ErrorKind, FromRedisValue, RedisError, RetryMe
 use deadpool_redis::{BuildError, Manager, Pool, PoolError};
 use entry::Keys;
 use local::LocalCopies;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tasklane_domain::{CacheError, CacheLookup, Generation, TaskCache};
+use tasklane_domain::{CacheError, CacheLookup, Generation, Replacement, TaskCache};
 
 /// How to reach Redis and how to use it.
 #[derive(Clone)]
@@ -174,6 +177,35 @@ impl Request<'_> {
     }
 }
 
+/// The bump with replacements, atomic because Redis runs a script alone.
+///
+/// `KEYS[1]` is the generation, `KEYS[2..]` the entries. `ARGV[1]` is a random generation, set
+/// first if there is none (as a plain bump does); then, for the entry in `KEYS[k]`, `ARGV[3k-4]`
+/// is the generation expected before the bump (decimal), `ARGV[3k-3]` the entry it must hold
+/// (tag and payload) and `ARGV[3k-2]` the entry to store instead, tagged with the next
+/// generation. Generations are compared as the strings Redis holds: they reach 2^62, beyond
+/// what a Lua number holds exactly. Answers the generation after the bump and, per entry, the
+/// replaced entry's remaining TTL in ms (as `PTTL` answers) or -3 when it was not replaced.
+const BUMP_REPLACING: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local before = redis.call('GET', KEYS[1])
+local held = {}
+for k = 2, #KEYS do
+  held[k] = before == ARGV[3 * k - 4] and redis.call('GET', KEYS[k]) == ARGV[3 * k - 3]
+end
+redis.call('INCR', KEYS[1])
+local ttls = {}
+for k = 2, #KEYS do
+  if held[k] then
+    redis.call('SET', KEYS[k], ARGV[3 * k - 2], 'KEEPTTL')
+    ttls[k - 1] = redis.call('PTTL', KEYS[k])
+  else
+    ttls[k - 1] = -3
+  end
+end
+return {redis.call('GET', KEYS[1]), ttls}
+";
+
 /// The [`TaskCache`] on Redis. Cheap to share behind an `Arc`; makes no connection until used.
 pub struct RedisTaskCache {
     conn: SharedConnection,
@@ -182,6 +214,8 @@ pub struct RedisTaskCache {
     ttl: Duration,
     ttl_millis: u64,
     local: LocalCopies,
+    /// The SHA1 of [`BUMP_REPLACING`], once Redis has told it (`SCRIPT LOAD`).
+    script_sha: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for RedisTaskCache {
@@ -226,6 +260,7 @@ impl RedisTaskCache {
             ttl: s.ttl,
             ttl_millis: u64::try_from(s.ttl.as_millis()).unwrap_or(u64::MAX),
             local: LocalCopies::new(s.local_copy_bytes),
+            script_sha: Mutex::new(None),
         })
     }
 
@@ -438,6 +473,99 @@ impl RedisTaskCache {
         }
     }
 
+    #[tracing::instrument(
+        level = "debug",
+        name = "redis.bump_generation_replacing",
+        skip_all,
+        fields(entries = replacements.len())
+    )]
+    async fn bump_replacing_inner(
+        &self,
+        replacements: &[Replacement],
+        deadline: Instant,
+    ) -> Result<Vec<bool>, RedisCacheError> {
+        let sent = Instant::now();
+        let known_sha = self
+            .script_sha
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let sha = match known_sha {
+            Some(sha) => sha,
+            None => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(BUMP_REPLACING);
+                let sha: String = self.call(Request::Cmd(&load), deadline).await?;
+                *self
+                    .script_sha
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(sha.clone());
+                sha
+            }
+        };
+        let mut reply = self
+            .call::<(Vec<u8>, Vec<i64>)>(
+                Request::Cmd(&self.replacing_cmd("EVALSHA", &sha, replacements)),
+                deadline,
+            )
+            .await;
+        if matches!(&reply, Err(RedisCacheError::Command(e))
+            if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            // Redis restarted or its scripts were flushed: `EVAL` loads it again (same SHA1).
+            reply = self
+                .call(
+                    Request::Cmd(&self.replacing_cmd("EVAL", BUMP_REPLACING, replacements)),
+                    deadline,
+                )
+                .await;
+        }
+        match reply {
+            Ok((latest, ttls)) => {
+                let latest = entry::parse_generation(&latest);
+                // Every copy's generation is now stale; copies of the replaced entries are
+                // made below, under the new one.
+                self.local.clear(latest);
+                let mut made = Vec::with_capacity(replacements.len());
+                for (i, r) in replacements.iter().enumerate() {
+                    let ttl = ttls.get(i).copied().unwrap_or(-3);
+                    made.push(ttl != -3);
+                    if let (Some(latest), Ok(ttl @ 1..)) = (latest, u64::try_from(ttl)) {
+                        let expires = sent + Duration::from_millis(ttl);
+                        self.local.put(&r.key, latest, r.value.clone(), expires);
+                    }
+                }
+                Ok(made)
+            }
+            Err(e) if !e.is_unavailable() => {
+                // As for a plain bump: a generation `INCR` refuses is replaced at random.
+                tracing::warn!(error = %e, "could not increment the cache generation; replacing it");
+                self.seed_generation(false, deadline).await?;
+                Ok(vec![false; replacements.len()])
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The script call: `EVALSHA sha ...` or `EVAL script ...`.
+    fn replacing_cmd(&self, verb: &str, script: &str, replacements: &[Replacement]) -> redis::Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script)
+            .arg(1 + replacements.len())
+            .arg(self.keys.generation());
+        for r in replacements {
+            cmd.arg(self.keys.entry(&r.key));
+        }
+        cmd.arg(entry::random_generation());
+        for r in replacements {
+            let next = Generation(r.expected_generation.0.wrapping_add(1));
+            cmd.arg(r.expected_generation.0)
+                .arg(entry::encode(r.expected_generation, &r.expected_value))
+                .arg(entry::encode(next, &r.value));
+        }
+        cmd
+    }
+
     #[tracing::instrument(level = "debug", name = "redis.ping", skip_all)]
     async fn ping_inner(&self, deadline: Instant) -> Result<(), RedisCacheError> {
         self.call::<Value>(Request::Cmd(&redis::cmd("PING")), deadline)
@@ -464,6 +592,14 @@ impl TaskCache for RedisTaskCache {
 
     async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError> {
         Ok(self.bump_inner(deadline).await?)
+    }
+
+    async fn bump_generation_replacing(
+        &self,
+        replacements: &[Replacement],
+        deadline: Instant,
+    ) -> Result<Vec<bool>, CacheError> {
+        Ok(self.bump_replacing_inner(replacements, deadline).await?)
     }
 
     async fn ping(&self, deadline: Instant) -> Result<(), CacheError> {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use common::{cache, cause, deadline, is_unavailable, raw, settings, TestResult};
 use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::{Duration, Instant};
-use tasklane_domain::{CacheLookup, Generation, TaskCache};
+use tasklane_domain::{CacheLookup, Generation, Replacement, TaskCache};
 use tasklane_redis::{BreakerState, RedisCacheError, RedisTaskCache, SetupError, SCHEMA};
 use tasklane_testkit::redis::{delete_prefix, shared_redis_url, unique_prefix};
 
@@ -574,5 +574,144 @@ async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"in redis"))
     );
+    cleanup(&prefix).await
+}
+
+fn replacement(expected: Generation, held: &'static [u8], next: &'static [u8]) -> Replacement {
+    Replacement {
+        key: "k".to_owned(),
+        expected_generation: expected,
+        expected_value: Bytes::from_static(held),
+        value: Bytes::from_static(next),
+    }
+}
+
+/// Generations near 2^62 (beyond what a Lua number holds exactly) are compared exactly; the
+/// replaced entry keeps its TTL and is what another replica reads.
+#[tokio::test]
+async fn a_replacing_bump_compares_large_generations_exactly_and_keeps_the_ttl() -> TestResult {
+    let prefix = unique_prefix();
+    let cache = cache(shared_redis_url(), prefix.clone())?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let big = (1u64 << 62) - 7;
+    let () = conn.set(format!("{prefix}:gen"), big).await?;
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(Generation(big)))
+    );
+    cache
+        .store("k", Generation(big), Bytes::from_static(b"old"), deadline())
+        .await?;
+    let () = redis::cmd("PEXPIRE")
+        .arg(entry_key(&prefix, SCHEMA, "k"))
+        .arg(20_000)
+        .query_async(&mut conn)
+        .await?;
+
+    // Another replica's plain bump: now `big + 1`, which a double cannot tell from `big`.
+    let () = redis::cmd("INCR")
+        .arg(format!("{prefix}:gen"))
+        .query_async(&mut conn)
+        .await?;
+    let made = cache
+        .bump_generation_replacing(&[replacement(Generation(big), b"old", b"x")], deadline())
+        .await?;
+    assert_eq!(made, vec![false], "a bump came between: refused");
+    // The bump happened: now `big + 2`, and the entry (still tagged `big`) misses.
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(Generation(big + 2)))
+    );
+    cache
+        .store(
+            "k",
+            Generation(big + 2),
+            Bytes::from_static(b"old"),
+            deadline(),
+        )
+        .await?;
+    let () = redis::cmd("PEXPIRE")
+        .arg(entry_key(&prefix, SCHEMA, "k"))
+        .arg(20_000)
+        .query_async(&mut conn)
+        .await?;
+    let made = cache
+        .bump_generation_replacing(
+            &[replacement(Generation(big + 2), b"old", b"new")],
+            deadline(),
+        )
+        .await?;
+    assert_eq!(made, vec![true]);
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(entry_key(&prefix, SCHEMA, "k"))
+        .query_async(&mut conn)
+        .await?;
+    assert!(
+        pttl > 15_000 && pttl <= 20_000,
+        "PTTL {pttl}: the TTL was not kept"
+    );
+    let other = replica(&prefix)?;
+    assert_eq!(
+        other.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"new"))
+    );
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"new"))
+    );
+    let current: u64 = conn.get(format!("{prefix}:gen")).await?;
+    assert_eq!(current, big + 3);
+    cleanup(&prefix).await
+}
+
+/// After Redis forgets its scripts (a restart, `SCRIPT FLUSH`), the next replacing bump loads
+/// it again and works.
+#[tokio::test]
+async fn a_replacing_bump_survives_a_script_flush() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache
+        .store("k", generation, Bytes::from_static(b"a"), deadline())
+        .await?;
+    let made = cache
+        .bump_generation_replacing(&[replacement(generation, b"a", b"b")], deadline())
+        .await?;
+    assert_eq!(made, vec![true]);
+    let mut conn = raw(&shared_redis_url()).await?;
+    let () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await?;
+    let next = Generation(generation.0 + 1);
+    let made = cache
+        .bump_generation_replacing(&[replacement(next, b"b", b"c")], deadline())
+        .await?;
+    assert_eq!(made, vec![true]);
+    assert_eq!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Hit(Bytes::from_static(b"c"))
+    );
+    cleanup(&prefix).await
+}
+
+/// A generation key that `INCR` refuses is replaced at random, as by a plain bump; nothing is
+/// replaced and the call does not fail.
+#[tokio::test]
+async fn a_replacing_bump_replaces_a_generation_that_is_not_a_number() -> TestResult {
+    let (cache, prefix, generation) = ready_cache().await?;
+    cache
+        .store("k", generation, Bytes::from_static(b"a"), deadline())
+        .await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let () = conn.set(format!("{prefix}:gen"), "not a number").await?;
+    let made = cache
+        .bump_generation_replacing(&[replacement(generation, b"a", b"b")], deadline())
+        .await?;
+    assert_eq!(made, vec![false]);
+    let healed: Option<u64> = conn.get(format!("{prefix}:gen")).await?;
+    assert!(healed.is_some_and(|g| g != generation.0), "{healed:?}");
+    assert!(matches!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(Some(_))
+    ));
     cleanup(&prefix).await
 }

@@ -3,6 +3,8 @@
 mod health;
 mod tasks;
 
+pub(crate) use tasks::render_list;
+
 use crate::dto::{
     CountsDto, CreateTaskBody, HealthDto, LiveDto, MessageDto, StatusDto, TaskDto, UpdateTaskBody,
 };

@@ -180,6 +180,12 @@ impl RenderedList {
     }
 }
 
+/// Renders a list page as it is cached and served: what the service writes updates through
+/// with, the same function as the readers' on a miss.
+pub(crate) fn render_list(query: &ListQuery, page: &Page) -> Bytes {
+    RenderedList::render(query, page)
+}
+
 /// List tasks, newest first.
 #[utoipa::path(
     get,
@@ -208,7 +214,7 @@ pub async fn list_tasks(
     let query = parse_list_query(req.query_string())?;
     let mut blob = state
         .service
-        .list_rendered(&query, |page| RenderedList::render(&query, page))
+        .list_rendered(&query, |page| render_list(&query, page))
         .await?;
     let rendered = match RenderedList::parse(blob) {
         Some(r) => r,

@@ -440,6 +440,14 @@ pub async fn cache_counters(client: &Client, app: &App) -> (f64, f64, f64) {
     )
 }
 
+/// The list pages updates were written through into, as `/metrics` says.
+pub async fn cache_replaced(client: &Client, app: &App) -> f64 {
+    let m = metrics(client, app).await;
+    m.get("tasklane_cache_replaced_total")
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// The circuit breaker's state, as `/metrics` says.
 pub async fn breaker_state(client: &Client, app: &App) -> String {
     let m = metrics(client, app).await;

@@ -14,10 +14,13 @@
 //!   has its own connection, so a reader's `SET` and a writer's `INCR` from different threads
 //!   may arrive in either order; entries carry the generation seen before the read, so the
 //!   order does not matter to correctness.
+//!
+//! Every write is an update of an unfiltered page's task, so with write-through on (the
+//! default) many bumps also store the readers' next page; the test requires that some did.
 
 use crate::harness::{
-    breaker_state, cache_counters, client, exchange, private_pg, private_redis, seed_tasks, App,
-    Figures, Recorder, Summary,
+    breaker_state, cache_counters, cache_replaced, client, exchange, private_pg, private_redis,
+    seed_tasks, App, Figures, Recorder, Summary,
 };
 use deadpool_redis::redis;
 use serde_json::{json, Value};
@@ -150,6 +153,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
 
     let load = crate::harness::load_duration();
     let counters_before = both_counters(&client, &app, &peer).await;
+    let replaced_before =
+        cache_replaced(&client, &app).await + cache_replaced(&client, &peer).await;
     let rec = Arc::new(Recorder::new());
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
     let stale = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -220,6 +225,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         t.await.unwrap();
     }
     let counters_after = both_counters(&client, &app, &peer).await;
+    let replaced = cache_replaced(&client, &app).await + cache_replaced(&client, &peer).await
+        - replaced_before;
     pg_proxy.set_mode(Mode::Pass);
     redis_proxy.set_mode(Mode::Pass);
 
@@ -426,6 +433,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     figures.set("cache_hits", hits);
     figures.set("cache_misses", misses);
     figures.set("cache_errors", counters_after.2 - counters_before.2);
+    figures.set("pages_written_through", replaced);
     figures.set(
         "hit_rate",
         if hits + misses > 0.0 {
@@ -454,6 +462,9 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         stale.lock().unwrap()
     );
     assert!(acked_writes > 0 && reads.count > 0, "no load ran");
+    // Updates were written through into the readers' page (not only plain bumps): the race
+    // above covered that path too.
+    assert!(replaced > 0.0, "no update was written through");
     for (status, ok, how) in &agree {
         assert_eq!(*status, 200);
         assert!(ok, "the list ({how}) disagrees with the database");
@@ -480,4 +491,160 @@ async fn both_counters(client: &reqwest::Client, app: &App, peer: &App) -> (f64,
         cache_counters(client, peer).await,
     );
     (a.0 + b.0, a.1 + b.1, a.2 + b.2)
+}
+
+/// Write-through between two replicas, writing as fast as they can: each replica chains its
+/// updates' replaced pages on its own heads, so the other's bumps keep breaking the chains. The
+/// cache must refuse every replacement built on a page it did not store (docs/ARCHITECTURE.md,
+/// "Write-through of updates"); one it took would drop the other replica's write, and readers
+/// would see it missing. Same check as above: every list read shows every write acknowledged
+/// before it began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_race_between_two_replicas() {
+    const WRITERS: usize = 6;
+    const READERS: usize = 12;
+    const LOAD: Duration = Duration::from_secs(8);
+    let mut figures = Figures::new("write_through_race_between_two_replicas");
+    let (pg, url) = private_pg().await;
+    let redis = private_redis().await;
+    let env = [
+        ("DATABASE_URL", url),
+        ("REDIS_URL", redis.url()),
+        (
+            "TASKLANE_CACHE_KEY_PREFIX",
+            "resilience-write-through".to_owned(),
+        ),
+    ];
+    let app = Arc::new(App::spawn(&env).await);
+    let _log = app.log_on_panic();
+    let mut peer_env = env.to_vec();
+    peer_env.push(("TASKLANE_CACHE_LOCAL_BYTES", "0".to_owned()));
+    let peer = Arc::new(App::spawn(&peer_env).await);
+    let _peer_log = peer.log_on_panic();
+    let client = client();
+    let ids: Arc<Vec<i64>> = Arc::new(seed_tasks(&client, &app, WRITERS).await);
+    for (i, id) in ids.iter().enumerate() {
+        let reply = exchange(
+            client
+                .put(app.url(&format!("/api/tasks/{id}")))
+                .header("content-type", "application/json")
+                .body(json!({ "title": format!("w{i}-0") }).to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    let replaced_before = (
+        cache_replaced(&client, &app).await,
+        cache_replaced(&client, &peer).await,
+    );
+
+    let rec = Arc::new(Recorder::new());
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
+    let stale = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stale_count = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..WRITERS {
+        let app = if i % 2 == 0 { &app } else { &peer };
+        let (app, rec, acked, ids) = (app.clone(), rec.clone(), acked.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = crate::harness::client();
+            let mut n = 0u64;
+            while rec.now() < LOAD && n < 1_000_000 {
+                n += 1;
+                let req = client
+                    .put(app.url(&format!("/api/tasks/{}", ids[i])))
+                    .header("content-type", "application/json")
+                    .body(json!({ "title": format!("w{i}-{n}") }).to_string());
+                if let Ok(reply) = rec.send("write", req).await {
+                    if reply.status == 200 {
+                        acked[i].store(n, Ordering::SeqCst);
+                    }
+                }
+            }
+        }));
+    }
+    for r in 0..READERS {
+        let app = if r % 2 == 0 { &app } else { &peer };
+        let (app, rec, acked, stale, stale_count) = (
+            app.clone(),
+            rec.clone(),
+            acked.clone(),
+            stale.clone(),
+            stale_count.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let client = crate::harness::client();
+            while rec.now() < LOAD {
+                let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+                let Ok(reply) = rec.send("read", client.get(app.url("/api/tasks"))).await else {
+                    continue;
+                };
+                if reply.status != 200 {
+                    continue;
+                }
+                for problem in behind(&floor, &reply.json()) {
+                    stale_count.fetch_add(1, Ordering::SeqCst);
+                    let mut stale = stale.lock().unwrap();
+                    if stale.len() < 10 {
+                        stale.push(format!("{problem} at {:?}", rec.now()));
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let replaced = (
+        cache_replaced(&client, &app).await - replaced_before.0,
+        cache_replaced(&client, &peer).await - replaced_before.1,
+    );
+    let direct = pg.client("tasklane").await.unwrap();
+    let truth = db_rows(&direct).await;
+    let mut agree = Vec::new();
+    for replica in [&app, &peer] {
+        let reply = exchange(client.get(replica.url("/api/tasks")))
+            .await
+            .unwrap();
+        agree.push((reply.status, api_rows(&reply.json()) == truth));
+    }
+
+    let all = rec.all();
+    let reads = Summary::of(all.iter().filter(|r| r.kind == "read"));
+    let writes = Summary::of(all.iter().filter(|r| r.kind == "write"));
+    let acked_writes: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    figures.set("writers", WRITERS);
+    figures.set("readers", READERS);
+    figures.set("load_s", LOAD.as_secs());
+    figures.set("reads", reads.to_json());
+    figures.set("writes", writes.to_json());
+    figures.set("acknowledged_writes", acked_writes);
+    figures.set("pages_written_through_app", replaced.0);
+    figures.set("pages_written_through_peer", replaced.1);
+    figures.set("stale_reads", stale_count.load(Ordering::SeqCst));
+    figures.set("end_reads_agree_with_db", json!(agree));
+    figures.emit();
+
+    assert_eq!(reads.failed, 0, "failed reads");
+    assert_eq!(writes.failed, 0, "failed writes");
+    assert_eq!(
+        stale_count.load(Ordering::SeqCst),
+        0,
+        "reads missing an acknowledged write: {:?}",
+        stale.lock().unwrap()
+    );
+    assert!(
+        replaced.0 > 0.0 && replaced.1 > 0.0,
+        "both replicas wrote updates through: {replaced:?}"
+    );
+    // Not every write: the replicas' bumps interleave, and each refusal is a chain broken.
+    assert!(
+        replaced.0 + replaced.1 < acked_writes as f64,
+        "every write was written through, so no chain was ever broken: {replaced:?} of {acked_writes}"
+    );
+    for (status, ok) in agree {
+        assert_eq!(status, 200);
+        assert!(ok, "a replica's list disagrees with the database");
+    }
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tasklane_domain::{CacheLookup, Generation, TaskCache};
+use tasklane_domain::{CacheLookup, Generation, Replacement, TaskCache};
 
 type Cache = Arc<dyn TaskCache>;
 
@@ -193,4 +193,83 @@ pub async fn ping_answers(cache: Cache) {
         .ping(deadline())
         .await
         .unwrap_or_else(|e| panic!("ping: {e:?}"));
+}
+
+async fn bump_replacing(cache: &Cache, replacements: &[Replacement]) -> Vec<bool> {
+    let made = cache
+        .bump_generation_replacing(replacements, deadline())
+        .await
+        .unwrap_or_else(|e| panic!("bump with replacements: {e:?}"));
+    assert_eq!(made.len(), replacements.len(), "one answer per replacement");
+    made
+}
+
+fn replacement(key: &str, expected: Generation, held: &Bytes, next: &Bytes) -> Replacement {
+    Replacement {
+        key: key.to_owned(),
+        expected_generation: expected,
+        expected_value: held.clone(),
+        value: next.clone(),
+    }
+}
+
+/// A replacement whose entry holds the expected bytes under the generation the bump starts
+/// from is stored under the new generation: it hits at once, where the other entries miss.
+pub async fn a_bump_replaces_an_entry_holding_the_expected_bytes(cache: Cache) {
+    let g = generation_of_miss(&cache, "k").await;
+    let (old, new, other) = (payload(1), payload(2), payload(3));
+    store(&cache, "k", g, &old).await;
+    store(&cache, "other", g, &other).await;
+    let made = bump_replacing(&cache, &[replacement("k", g, &old, &new)]).await;
+    assert_eq!(made, vec![true]);
+    assert_eq!(lookup(&cache, "k").await, CacheLookup::Hit(new.clone()));
+    match lookup(&cache, "other").await {
+        CacheLookup::Miss(Some(g2)) => assert!(g2 != g, "the generation moved on"),
+        other => panic!("an entry not replaced must miss after the bump: {other:?}"),
+    }
+    // A chain: the next bump replaces what the last one stored.
+    let g2 = generation_of_miss(&cache, "other").await;
+    let newer = payload(4);
+    let made = bump_replacing(&cache, &[replacement("k", g2, &new, &newer)]).await;
+    assert_eq!(made, vec![true]);
+    assert_eq!(lookup(&cache, "k").await, CacheLookup::Hit(newer));
+}
+
+/// Every reason to refuse: other bytes, another generation (a bump came between), no entry.
+/// A refused replacement still bumps: its entry misses afterwards, like every other.
+pub async fn a_bump_refuses_a_replacement_of_anything_but_the_expected_entry(cache: Cache) {
+    let g = generation_of_miss(&cache, "a").await;
+    let (old, new) = (payload(1), payload(2));
+    store(&cache, "a", g, &old).await;
+    store(&cache, "b", g, &old).await;
+    let made = bump_replacing(
+        &cache,
+        &[
+            replacement("a", g, &payload(9), &new),
+            replacement("b", g, &old, &new),
+            replacement("absent", g, &old, &new),
+        ],
+    )
+    .await;
+    assert_eq!(made, vec![false, true, false]);
+    assert!(matches!(lookup(&cache, "a").await, CacheLookup::Miss(_)));
+    assert!(matches!(
+        lookup(&cache, "absent").await,
+        CacheLookup::Miss(_)
+    ));
+    assert_eq!(lookup(&cache, "b").await, CacheLookup::Hit(new.clone()));
+
+    // "b" holds `new` under the current generation, but a replacement that expects the
+    // generation before it (built on a page of that one) is refused.
+    let made = bump_replacing(&cache, &[replacement("b", g, &new, &payload(5))]).await;
+    assert_eq!(made, vec![false]);
+    assert!(matches!(lookup(&cache, "b").await, CacheLookup::Miss(_)));
+
+    // An entry holding the expected bytes but stored under an older generation than the one
+    // expected: refused too.
+    let g3 = generation_of_miss(&cache, "c").await;
+    store(&cache, "c", g, &old).await;
+    let made = bump_replacing(&cache, &[replacement("c", g3, &old, &new)]).await;
+    assert_eq!(made, vec![false]);
+    assert!(matches!(lookup(&cache, "c").await, CacheLookup::Miss(_)));
 }

@@ -97,6 +97,8 @@ macro_rules! cache_contract {
             an_entry_stored_under_an_older_generation_never_hits,
             distinct_keys_do_not_collide,
             ping_answers,
+            a_bump_replaces_an_entry_holding_the_expected_bytes,
+            a_bump_refuses_a_replacement_of_anything_but_the_expected_entry,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
