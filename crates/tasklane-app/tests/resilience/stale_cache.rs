@@ -20,7 +20,7 @@
 
 use crate::harness::{
     breaker_state, cache_counters, cache_replaced, client, exchange, private_pg, private_redis,
-    seed_tasks, App, Figures, Recorder, Summary,
+    seed_tasks, App, Figures, LogOnPanic, Recorder, Summary,
 };
 use deadpool_redis::redis;
 use serde_json::{json, Value};
@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tasklane_testkit::proxy::{FaultProxy, Mode};
+use tokio::task::JoinHandle;
 
 const WRITERS: usize = 8;
 const READERS: usize = 32;
@@ -64,6 +65,147 @@ fn behind(floor: &[u64], list: &Value) -> Vec<String> {
         .filter(|(_, (floor, seen))| seen.is_none_or(|n| n < **floor))
         .map(|(w, (floor, seen))| format!("writer {w}: acknowledged {floor}, read {seen:?}"))
         .collect()
+}
+
+/// The shared state of a race between writers and readers of the list: what each writer has had
+/// acknowledged, and the reads that missed some of it.
+struct Race {
+    rec: Recorder,
+    acked: Vec<AtomicU64>,
+    stale: Mutex<Vec<String>>,
+    stale_count: AtomicU64,
+    until: Duration,
+}
+
+impl Race {
+    fn new(writers: usize, until: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            rec: Recorder::new(),
+            acked: (0..writers).map(|_| AtomicU64::new(0)).collect(),
+            stale: Mutex::new(Vec::new()),
+            stale_count: AtomicU64::new(0),
+            until,
+        })
+    }
+
+    /// Writer `i`: renames task `id` `w{i}-1`, `w{i}-2`, ... through `app`, one PUT at a time,
+    /// publishing `n` after each 200, then pausing for up to `pause_max_ms` (uniform; 0: none).
+    fn writer(
+        self: &Arc<Self>,
+        app: &Arc<App>,
+        i: usize,
+        id: i64,
+        pause_max_ms: u64,
+    ) -> JoinHandle<()> {
+        let (race, app) = (Arc::clone(self), Arc::clone(app));
+        tokio::spawn(async move {
+            let client = crate::harness::client();
+            let mut n = 0u64;
+            while race.rec.now() < race.until && n < 1_000_000 {
+                n += 1;
+                let req = client
+                    .put(app.url(&format!("/api/tasks/{id}")))
+                    .header("content-type", "application/json")
+                    .body(json!({ "title": format!("w{i}-{n}") }).to_string());
+                if let Ok(reply) = race.rec.send("write", req).await {
+                    if reply.status == 200 {
+                        race.acked[i].store(n, Ordering::SeqCst);
+                    }
+                }
+                if pause_max_ms > 0 {
+                    let pause = u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * pause_max_ms / 255;
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                }
+            }
+        })
+    }
+
+    /// A reader: notes what was acknowledged, reads the list through `app`, records what the
+    /// list does not show, pauses `pause`, and again.
+    fn reader(self: &Arc<Self>, app: &Arc<App>, pause: Duration) -> JoinHandle<()> {
+        let (race, app) = (Arc::clone(self), Arc::clone(app));
+        tokio::spawn(async move {
+            let client = crate::harness::client();
+            let mut reads = 0u64;
+            while race.rec.now() < race.until && reads < 1_000_000 {
+                reads += 1;
+                // What was acknowledged before this read began.
+                let floor = race.floor();
+                let Ok(reply) = race
+                    .rec
+                    .send("read", client.get(app.url("/api/tasks")))
+                    .await
+                else {
+                    continue;
+                };
+                if reply.status != 200 {
+                    continue;
+                }
+                for problem in behind(&floor, &reply.json()) {
+                    race.stale_count.fetch_add(1, Ordering::SeqCst);
+                    let mut stale = race.stale.lock().unwrap();
+                    if stale.len() < 10 {
+                        stale.push(format!("{problem} at {:?}", race.rec.now()));
+                    }
+                }
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        })
+    }
+
+    fn floor(&self) -> Vec<u64> {
+        self.acked
+            .iter()
+            .map(|a| a.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    fn acked_writes(&self) -> u64 {
+        self.floor().iter().sum()
+    }
+
+    fn stale_reads(&self) -> u64 {
+        self.stale_count.load(Ordering::SeqCst)
+    }
+
+    fn assert_no_stale_read(&self) {
+        assert_eq!(
+            self.stale_reads(),
+            0,
+            "reads missing an acknowledged write: {:?}",
+            self.stale.lock().unwrap()
+        );
+    }
+}
+
+/// Two replicas on the same database and Redis: `app` keeps local copies of entries (the
+/// default), `peer` keeps none, so every read it serves from the cache reads Redis's entry.
+async fn two_replicas(env: &[(&'static str, String)]) -> (Arc<App>, Arc<App>, [LogOnPanic; 2]) {
+    let app = Arc::new(App::spawn(env).await);
+    let mut peer_env = env.to_vec();
+    peer_env.push(("TASKLANE_CACHE_LOCAL_BYTES", "0".to_owned()));
+    let peer = Arc::new(App::spawn(&peer_env).await);
+    let logs = [app.log_on_panic(), peer.log_on_panic()];
+    (app, peer, logs)
+}
+
+/// `n` tasks titled `w{i}-0`, so that every writer's task has a counter.
+async fn seed_counters(client: &reqwest::Client, app: &App, n: usize) -> Vec<i64> {
+    let ids = seed_tasks(client, app, n).await;
+    for (i, id) in ids.iter().enumerate() {
+        let reply = exchange(
+            client
+                .put(app.url(&format!("/api/tasks/{id}")))
+                .header("content-type", "application/json")
+                .body(json!({ "title": format!("w{i}-0") }).to_string()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    ids
 }
 
 /// The tasks as the database has them, newest first: (id, title, version).
@@ -124,30 +266,11 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         ("TASKLANE_CACHE_KEY_PREFIX", PREFIX.to_owned()),
         ("TASKLANE_DB_POOL_SIZE", "16".to_owned()),
     ];
-    // Two replicas on the same database and Redis: `app` keeps local copies of entries (the
-    // default), `peer` keeps none, so every read it serves from the cache reads Redis's entry.
-    // Writers and readers are spread over both, so a write acknowledged by one replica must
+    // Writers and readers are spread over both replicas, so a write acknowledged by one must
     // invalidate the other's copies.
-    let app = Arc::new(App::spawn(&env).await);
-    let _log = app.log_on_panic();
-    let mut peer_env = env.to_vec();
-    peer_env.push(("TASKLANE_CACHE_LOCAL_BYTES", "0".to_owned()));
-    let peer = Arc::new(App::spawn(&peer_env).await);
-    let _peer_log = peer.log_on_panic();
+    let (app, peer, _logs) = two_replicas(&env).await;
     let client = client();
-    let ids: Arc<Vec<i64>> = Arc::new(seed_tasks(&client, &app, WRITERS).await);
-    // The seeds are titled seed-{i}: rename them w{i}-0 so that every task has a counter.
-    for (i, id) in ids.iter().enumerate() {
-        let reply = exchange(
-            client
-                .put(app.url(&format!("/api/tasks/{id}")))
-                .header("content-type", "application/json")
-                .body(json!({ "title": format!("w{i}-0") }).to_string()),
-        )
-        .await
-        .unwrap();
-        assert_eq!(reply.status, 200);
-    }
+    let ids = seed_counters(&client, &app, WRITERS).await;
     pg_proxy.set_mode(Mode::Latency(PG_DELAY));
     redis_proxy.set_mode(Mode::Latency(REDIS_DELAY));
 
@@ -155,71 +278,19 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     let counters_before = both_counters(&client, &app, &peer).await;
     let replaced_before =
         cache_replaced(&client, &app).await + cache_replaced(&client, &peer).await;
-    let rec = Arc::new(Recorder::new());
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
-    let stale = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stale_count = Arc::new(AtomicU64::new(0));
+    let race = Race::new(WRITERS, load);
     let mut tasks = Vec::new();
-    for i in 0..WRITERS {
+    for (i, id) in ids.iter().enumerate() {
+        // A random pause, so that the generation stands still long enough for entries to be
+        // stored and hit between writes, and writes land at any point of a reader's miss.
         let app = if i % 2 == 0 { &app } else { &peer };
-        let (app, rec, acked, ids) = (app.clone(), rec.clone(), acked.clone(), ids.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = crate::harness::client();
-            let mut n = 0u64;
-            while rec.now() < load && n < 100_000 {
-                n += 1;
-                let req = client
-                    .put(app.url(&format!("/api/tasks/{}", ids[i])))
-                    .header("content-type", "application/json")
-                    .body(json!({ "title": format!("w{i}-{n}") }).to_string());
-                if let Ok(reply) = rec.send("write", req).await {
-                    if reply.status == 200 {
-                        acked[i].store(n, Ordering::SeqCst);
-                    }
-                }
-                // A random pause, so that the generation stands still long enough for entries
-                // to be stored and hit between writes, and writes land at any point of a
-                // reader's miss.
-                let pause =
-                    u64::from(uuid::Uuid::new_v4().as_bytes()[0]) * WRITE_PAUSE_MAX_MS / 255;
-                tokio::time::sleep(Duration::from_millis(pause)).await;
-            }
-        }));
+        tasks.push(race.writer(app, i, *id, WRITE_PAUSE_MAX_MS));
     }
     for r in 0..READERS {
         // Most readers on the replica with copies: they are what a missed invalidation would
         // make stale.
         let app = if r % 4 == 3 { &peer } else { &app };
-        let (app, rec, acked, stale, stale_count) = (
-            app.clone(),
-            rec.clone(),
-            acked.clone(),
-            stale.clone(),
-            stale_count.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let client = crate::harness::client();
-            let mut reads = 0u64;
-            while rec.now() < load && reads < 1_000_000 {
-                reads += 1;
-                // What was acknowledged before this read began.
-                let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-                let Ok(reply) = rec.send("read", client.get(app.url("/api/tasks"))).await else {
-                    continue;
-                };
-                if reply.status != 200 {
-                    continue;
-                }
-                for problem in behind(&floor, &reply.json()) {
-                    stale_count.fetch_add(1, Ordering::SeqCst);
-                    let mut stale = stale.lock().unwrap();
-                    if stale.len() < 10 {
-                        stale.push(format!("{problem} at {:?}", rec.now()));
-                    }
-                }
-                tokio::time::sleep(READ_PAUSE).await;
-            }
-        }));
+        tasks.push(race.reader(app, READ_PAUSE));
     }
     for t in tasks {
         t.await.unwrap();
@@ -374,7 +445,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         }
     }
     let (key, old_value) = old_entry.expect("the list's cache entry");
-    let n = acked[0].load(Ordering::SeqCst) + 1;
+    let n = race.acked[0].load(Ordering::SeqCst) + 1;
     let reply = exchange(
         client
             .put(app.url(&format!("/api/tasks/{}", ids[0])))
@@ -384,7 +455,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     .await
     .unwrap();
     assert_eq!(reply.status, 200);
-    acked[0].store(n, Ordering::SeqCst);
+    race.acked[0].store(n, Ordering::SeqCst);
     let generation: u64 = redis::cmd("GET")
         .arg(&generation_key)
         .query_async::<Option<u64>>(&mut conn)
@@ -403,7 +474,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
+    let floor = race.floor();
     let forged_read = exchange(client.get(peer.url(CONTROL))).await.unwrap();
     let control = behind(&floor, &forged_read.json());
     redis::cmd("DEL")
@@ -412,14 +483,14 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         .await
         .unwrap();
 
-    let all = rec.all();
+    let all = race.rec.all();
     let reads = Summary::of(all.iter().filter(|r| r.kind == "read"));
     let writes = Summary::of(all.iter().filter(|r| r.kind == "write"));
     let (hits, misses) = (
         counters_after.0 - counters_before.0,
         counters_after.1 - counters_before.1,
     );
-    let acked_writes: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    let acked_writes = race.acked_writes();
 
     figures.set("writers", WRITERS);
     figures.set("readers", READERS);
@@ -429,7 +500,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     figures.set("reads", reads.to_json());
     figures.set("writes", writes.to_json());
     figures.set("acknowledged_writes", acked_writes);
-    figures.set("stale_reads", stale_count.load(Ordering::SeqCst));
+    figures.set("stale_reads", race.stale_reads());
     figures.set("cache_hits", hits);
     figures.set("cache_misses", misses);
     figures.set("cache_errors", counters_after.2 - counters_before.2);
@@ -455,12 +526,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
 
     assert_eq!(reads.failed, 0, "failed reads");
     assert_eq!(writes.failed, 0, "failed writes");
-    assert_eq!(
-        stale_count.load(Ordering::SeqCst),
-        0,
-        "reads missing an acknowledged write: {:?}",
-        stale.lock().unwrap()
-    );
+    race.assert_no_stale_read();
     assert!(acked_writes > 0 && reads.count > 0, "no load ran");
     // Updates were written through into the readers' page (not only plain bumps): the race
     // above covered that path too.
@@ -515,83 +581,21 @@ async fn write_through_race_between_two_replicas() {
             "resilience-write-through".to_owned(),
         ),
     ];
-    let app = Arc::new(App::spawn(&env).await);
-    let _log = app.log_on_panic();
-    let mut peer_env = env.to_vec();
-    peer_env.push(("TASKLANE_CACHE_LOCAL_BYTES", "0".to_owned()));
-    let peer = Arc::new(App::spawn(&peer_env).await);
-    let _peer_log = peer.log_on_panic();
+    let (app, peer, _logs) = two_replicas(&env).await;
     let client = client();
-    let ids: Arc<Vec<i64>> = Arc::new(seed_tasks(&client, &app, WRITERS).await);
-    for (i, id) in ids.iter().enumerate() {
-        let reply = exchange(
-            client
-                .put(app.url(&format!("/api/tasks/{id}")))
-                .header("content-type", "application/json")
-                .body(json!({ "title": format!("w{i}-0") }).to_string()),
-        )
-        .await
-        .unwrap();
-        assert_eq!(reply.status, 200);
-    }
+    let ids = seed_counters(&client, &app, WRITERS).await;
     let replaced_before = (
         cache_replaced(&client, &app).await,
         cache_replaced(&client, &peer).await,
     );
 
-    let rec = Arc::new(Recorder::new());
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..WRITERS).map(|_| AtomicU64::new(0)).collect());
-    let stale = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stale_count = Arc::new(AtomicU64::new(0));
+    let race = Race::new(WRITERS, LOAD);
     let mut tasks = Vec::new();
-    for i in 0..WRITERS {
-        let app = if i % 2 == 0 { &app } else { &peer };
-        let (app, rec, acked, ids) = (app.clone(), rec.clone(), acked.clone(), ids.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = crate::harness::client();
-            let mut n = 0u64;
-            while rec.now() < LOAD && n < 1_000_000 {
-                n += 1;
-                let req = client
-                    .put(app.url(&format!("/api/tasks/{}", ids[i])))
-                    .header("content-type", "application/json")
-                    .body(json!({ "title": format!("w{i}-{n}") }).to_string());
-                if let Ok(reply) = rec.send("write", req).await {
-                    if reply.status == 200 {
-                        acked[i].store(n, Ordering::SeqCst);
-                    }
-                }
-            }
-        }));
+    for (i, id) in ids.iter().enumerate() {
+        tasks.push(race.writer(if i % 2 == 0 { &app } else { &peer }, i, *id, 0));
     }
     for r in 0..READERS {
-        let app = if r % 2 == 0 { &app } else { &peer };
-        let (app, rec, acked, stale, stale_count) = (
-            app.clone(),
-            rec.clone(),
-            acked.clone(),
-            stale.clone(),
-            stale_count.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let client = crate::harness::client();
-            while rec.now() < LOAD {
-                let floor: Vec<u64> = acked.iter().map(|a| a.load(Ordering::SeqCst)).collect();
-                let Ok(reply) = rec.send("read", client.get(app.url("/api/tasks"))).await else {
-                    continue;
-                };
-                if reply.status != 200 {
-                    continue;
-                }
-                for problem in behind(&floor, &reply.json()) {
-                    stale_count.fetch_add(1, Ordering::SeqCst);
-                    let mut stale = stale.lock().unwrap();
-                    if stale.len() < 10 {
-                        stale.push(format!("{problem} at {:?}", rec.now()));
-                    }
-                }
-            }
-        }));
+        tasks.push(race.reader(if r % 2 == 0 { &app } else { &peer }, Duration::ZERO));
     }
     for t in tasks {
         t.await.unwrap();
@@ -610,10 +614,10 @@ async fn write_through_race_between_two_replicas() {
         agree.push((reply.status, api_rows(&reply.json()) == truth));
     }
 
-    let all = rec.all();
+    let all = race.rec.all();
     let reads = Summary::of(all.iter().filter(|r| r.kind == "read"));
     let writes = Summary::of(all.iter().filter(|r| r.kind == "write"));
-    let acked_writes: u64 = acked.iter().map(|a| a.load(Ordering::SeqCst)).sum();
+    let acked_writes = race.acked_writes();
     figures.set("writers", WRITERS);
     figures.set("readers", READERS);
     figures.set("load_s", LOAD.as_secs());
@@ -622,18 +626,13 @@ async fn write_through_race_between_two_replicas() {
     figures.set("acknowledged_writes", acked_writes);
     figures.set("pages_written_through_app", replaced.0);
     figures.set("pages_written_through_peer", replaced.1);
-    figures.set("stale_reads", stale_count.load(Ordering::SeqCst));
+    figures.set("stale_reads", race.stale_reads());
     figures.set("end_reads_agree_with_db", json!(agree));
     figures.emit();
 
     assert_eq!(reads.failed, 0, "failed reads");
     assert_eq!(writes.failed, 0, "failed writes");
-    assert_eq!(
-        stale_count.load(Ordering::SeqCst),
-        0,
-        "reads missing an acknowledged write: {:?}",
-        stale.lock().unwrap()
-    );
+    race.assert_no_stale_read();
     assert!(
         replaced.0 > 0.0 && replaced.1 > 0.0,
         "both replicas wrote updates through: {replaced:?}"
