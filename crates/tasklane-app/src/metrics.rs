@@ -1,6 +1,6 @@
 //! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
 //! requests and latency per route, method and status; the list cache's hits, misses and
-//! errors; the PostgreSQL pool, its search slots, its combined updates and its joined list
+//! errors, and the pages updates were written through into; the PostgreSQL pool, its search slots, its combined updates and its joined list
 //! reads; the Redis circuit breaker.
 
 use actix_web::body::MessageBody;
