@@ -1,7 +1,7 @@
 //! The list cache under concurrency: writers and readers together, and every acknowledged
 //! write is visible in the next list read.
 
-use crate::helpers::{body, id_of, spawn_app};
+use crate::helpers::{body, header, id_of, spawn_app, spawn_app_with, Options};
 use reqwest::Method;
 use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,4 +83,63 @@ async fn no_list_read_misses_an_acknowledged_write() {
     assert_eq!(cached.len() as u64, counts["total"].as_u64().unwrap_or(0));
     assert_eq!(cached.len(), 4 * 7);
     assert!(cached.iter().all(|t| t["status"] == "done"));
+}
+
+/// An update is written through into the cached page its readers read: the next read of that
+/// page is a hit and shows the update, byte for byte what a read from the store gives. With
+/// write-through off, the same read misses (and shows the update too).
+#[tokio::test]
+async fn an_update_is_written_through_into_the_cached_page() {
+    for write_through in [true, false] {
+        let app = spawn_app_with(Options {
+            extra: vec![("TASKLANE_CACHE_WRITE_THROUGH", write_through.to_string())],
+            ..Options::default()
+        })
+        .await;
+        let a = id_of(&app.create("a").await);
+        app.create("b").await;
+        // A miss: read from the store and stored; the page updates are written through into.
+        assert_eq!(app.get("/api/tasks").await.status(), 200);
+        let (hits, misses) = (
+            app.metric("tasklane_cache_hits_total").await,
+            app.metric("tasklane_cache_misses_total").await,
+        );
+
+        let res = app
+            .put_json(&format!("/api/tasks/{a}"), &json!({"title": "a2"}))
+            .await;
+        assert_eq!(res.status(), 200);
+        let after = app.get("/api/tasks").await;
+        assert_eq!(after.status(), 200);
+        let etag = header(&after, "etag");
+        let cached = after.bytes().await.unwrap_or_default();
+
+        let hit = app.metric("tasklane_cache_hits_total").await - hits;
+        let missed = app.metric("tasklane_cache_misses_total").await - misses;
+        let replaced = app.metric("tasklane_cache_replaced_total").await;
+        if write_through {
+            assert_eq!(
+                (hit, missed, replaced),
+                (1.0, 0.0, 1.0),
+                "written through: a hit"
+            );
+        } else {
+            assert_eq!(
+                (hit, missed, replaced),
+                (0.0, 1.0, 0.0),
+                "a plain bump: a miss"
+            );
+        }
+        let tasks: serde_json::Value = serde_json::from_slice(&cached).unwrap_or_default();
+        assert!(
+            tasks.as_array().is_some_and(|t| t
+                .iter()
+                .any(|t| id_of(t) == a && t["title"] == "a2" && t["version"] == 2)),
+            "the update is on the page: {tasks}"
+        );
+        // Another page size: another entry, read from the store now. Same tasks, same bytes.
+        let fresh = app.get("/api/tasks?limit=99").await;
+        assert_eq!(header(&fresh, "etag"), etag);
+        assert_eq!(fresh.bytes().await.unwrap_or_default(), cached);
+    }
 }

@@ -106,6 +106,14 @@ impl TestApp {
         self.send(self.request(Method::DELETE, path)).await
     }
 
+    /// A counter or gauge without labels from `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("/metrics").await.text().await.unwrap_or_default();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
     /// Creates a task and returns its JSON, asserting a 201.
     pub async fn create(&self, title: &str) -> Value {
         let res = self
