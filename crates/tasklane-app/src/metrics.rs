@@ -1,7 +1,7 @@
 //! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
 //! requests and latency per route, method and status; the list cache's hits, misses and
-//! errors, and the pages updates were written through into; the PostgreSQL pool, its search slots, its combined updates and its joined list
-//! reads; the Redis circuit breaker.
+//! errors, and the pages updates were written through into; the PostgreSQL pool, its search
+//! slots, its combined updates and its joined list reads; the Redis circuit breaker.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};

@@ -10,9 +10,9 @@
 //! the current one, so a value computed before a write can never be served after that write's
 //! bump. A bump that writes an update through ([`TaskCache::bump_generation_replacing`]) is one
 //! Lua script ([`BUMP_REPLACING`]), so that no lookup sees the new generation without the
-//! entries it replaces. An entry this process has already read or written is kept as a local copy (see
-//! [`local`]), and then the round trip is a `GET gen` alone: the same check, without the
-//! page. Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
+//! entries it replaces. An entry this process has already read or written is kept as a local
+//! copy (see [`local`]), and then the round trip is a `GET gen` alone: the same check, without
+//! the page. Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
 //! failing and probes it again after a cool-down.
 
 mod breaker;
