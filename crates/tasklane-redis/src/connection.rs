@@ -16,6 +16,13 @@
 //! cost is one Redis connection per worker thread (per core, by default) instead of one per
 //! process; a thread that ends leaves its connection here until it breaks or the cache is
 //! dropped (actix workers live as long as the server).
+//!
+//! Besides, one connection for the whole process, the *ordered* one, for the bumps that write
+//! updates through (docs/ARCHITECTURE.md, "Write-through of updates"): each builds on the page
+//! the one before it stored, so they must reach Redis in the order they were made, and two
+//! threads' connections are two sockets that Redis reads in either order. On per-thread
+//! connections, about one such bump in five was refused in the benchmark's mix (and its page then
+//! missed); on the ordered one, about one in thirty. Reads never use it.
 
 use deadpool_redis::redis::aio::MultiplexedConnection;
 use deadpool_redis::{Connection, Pool, PoolError};
@@ -44,6 +51,9 @@ struct Current {
 pub(crate) struct SharedConnection {
     pool: Pool,
     current: RwLock<Vec<Current>>,
+    /// One connection for the process, whatever the thread: for the calls whose order across
+    /// threads matters ([`SharedConnection::get_ordered`]).
+    ordered: RwLock<Option<Current>>,
     /// Held while connecting, so that a hundred calls arriving when the connection is gone make
     /// one new connection, not a hundred: the others wait (within their deadlines) and use it.
     connecting: tokio::sync::Mutex<()>,
@@ -55,6 +65,7 @@ impl SharedConnection {
         Self {
             pool,
             current: RwLock::new(Vec::new()),
+            ordered: RwLock::new(None),
             connecting: tokio::sync::Mutex::new(()),
             next_id: AtomicU64::new(1),
         }
@@ -104,6 +115,45 @@ impl SharedConnection {
         })
     }
 
+    /// The process's one ordered connection, connecting first if there is none. Calls made on
+    /// it reach Redis in the order they were sent, from any thread (Redis answers one socket's
+    /// commands in order); calls on the per-thread connections of two threads may overtake each
+    /// other. Its driver runs on the runtime of the thread that made it, so a call from another
+    /// thread crosses threads: for the few calls whose order matters.
+    ///
+    /// # Errors
+    /// The pool's error when a new connection cannot be made.
+    pub(crate) async fn get_ordered(&self) -> Result<Lease, PoolError> {
+        let current = || {
+            let guard = self.ordered.read().unwrap_or_else(PoisonError::into_inner);
+            guard.as_ref().map(|c| Lease {
+                id: c.id,
+                conn: c.conn.clone(),
+                fresh: false,
+            })
+        };
+        if let Some(lease) = current() {
+            return Ok(lease);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(lease) = current() {
+            return Ok(lease);
+        }
+        let conn = Connection::take(self.pool.get().await?);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        *self.ordered.write().unwrap_or_else(PoisonError::into_inner) = Some(Current {
+            thread: std::thread::current().id(),
+            id,
+            conn: conn.clone(),
+        });
+        tracing::debug!(connection = id, "connected to Redis (ordered lane)");
+        Ok(Lease {
+            id,
+            conn,
+            fresh: true,
+        })
+    }
+
     /// Forgets connection `id` if it is still the shared one, so the next call makes a new one.
     /// In-flight calls on it finish or fail on their own; the socket closes with its last clone.
     pub(crate) fn discard(&self, id: u64) {
@@ -111,6 +161,12 @@ impl SharedConnection {
         if let Some(i) = guard.iter().position(|c| c.id == id) {
             guard.swap_remove(i);
             tracing::debug!(connection = id, "dropped the shared Redis connection");
+        }
+        drop(guard);
+        let mut ordered = self.ordered.write().unwrap_or_else(PoisonError::into_inner);
+        if ordered.as_ref().is_some_and(|c| c.id == id) {
+            *ordered = None;
+            tracing::debug!(connection = id, "dropped the ordered Redis connection");
         }
     }
 }

@@ -163,6 +163,9 @@ type MgetReply = (Option<Vec<u8>>, Option<Vec<u8>>);
 enum Request<'a> {
     Cmd(&'a redis::Cmd),
     Pipe(&'a redis::Pipeline),
+    /// A command sent on the process's ordered connection: it reaches Redis after every
+    /// `Ordered` request sent before it, from any thread.
+    Ordered(&'a redis::Cmd),
 }
 
 impl Request<'_> {
@@ -171,7 +174,7 @@ impl Request<'_> {
         conn: &mut redis::aio::MultiplexedConnection,
     ) -> Result<T, RedisError> {
         match self {
-            Request::Cmd(cmd) => cmd.query_async(conn).await,
+            Request::Cmd(cmd) | Request::Ordered(cmd) => cmd.query_async(conn).await,
             Request::Pipe(pipe) => pipe.query_async(conn).await,
         }
     }
@@ -304,6 +307,15 @@ impl RedisTaskCache {
         result
     }
 
+    /// The connection `req` goes on: this thread's, or the process's ordered one.
+    async fn lease(&self, req: Request<'_>) -> Result<connection::Lease, RedisCacheError> {
+        match req {
+            Request::Ordered(_) => self.conn.get_ordered().await,
+            Request::Cmd(_) | Request::Pipe(_) => self.conn.get().await,
+        }
+        .map_err(RedisCacheError::Connect)
+    }
+
     /// Sends the request on the shared connection. If that connection turns out to have died
     /// since its last use (Redis restarted, say), it is replaced and the request sent once more:
     /// every request here may safely be repeated (a repeated bump only moves the generation on
@@ -313,7 +325,7 @@ impl RedisTaskCache {
         req: Request<'_>,
         used: &mut Option<u64>,
     ) -> Result<T, RedisCacheError> {
-        let mut lease = self.conn.get().await.map_err(RedisCacheError::Connect)?;
+        let mut lease = self.lease(req).await?;
         loop {
             *used = Some(lease.id);
             match req.run(&mut lease.conn).await {
@@ -324,7 +336,7 @@ impl RedisTaskCache {
                         return Err(RedisCacheError::Command(e));
                     }
                     tracing::debug!(error = %e, "the shared Redis connection broke; reconnecting");
-                    lease = self.conn.get().await.map_err(RedisCacheError::Connect)?;
+                    lease = self.lease(req).await?;
                     // Whatever happens on this one is the answer.
                     lease.fresh = true;
                 }
@@ -505,7 +517,7 @@ impl RedisTaskCache {
         };
         let mut reply = self
             .call::<(Vec<u8>, Vec<i64>)>(
-                Request::Cmd(&self.replacing_cmd("EVALSHA", &sha, replacements)),
+                Request::Ordered(&self.replacing_cmd("EVALSHA", &sha, replacements)),
                 deadline,
             )
             .await;
@@ -515,7 +527,7 @@ impl RedisTaskCache {
             // Redis restarted or its scripts were flushed: `EVAL` loads it again (same SHA1).
             reply = self
                 .call(
-                    Request::Cmd(&self.replacing_cmd("EVAL", BUMP_REPLACING, replacements)),
+                    Request::Ordered(&self.replacing_cmd("EVAL", BUMP_REPLACING, replacements)),
                     deadline,
                 )
                 .await;
