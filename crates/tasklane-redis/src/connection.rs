@@ -47,6 +47,16 @@ struct Current {
     conn: MultiplexedConnection,
 }
 
+impl Current {
+    fn lease(&self) -> Lease {
+        Lease {
+            id: self.id,
+            conn: self.conn.clone(),
+            fresh: false,
+        }
+    }
+}
+
 /// The shared connection, or none after a failure until the next call makes one.
 pub(crate) struct SharedConnection {
     pool: Pool,
@@ -76,11 +86,10 @@ impl SharedConnection {
     fn current(&self) -> Option<Lease> {
         let guard = self.current.read().unwrap_or_else(PoisonError::into_inner);
         let thread = std::thread::current().id();
-        guard.iter().find(|c| c.thread == thread).map(|c| Lease {
-            id: c.id,
-            conn: c.conn.clone(),
-            fresh: false,
-        })
+        guard
+            .iter()
+            .find(|c| c.thread == thread)
+            .map(Current::lease)
     }
 
     /// The shared connection, connecting first if there is none.
@@ -88,31 +97,15 @@ impl SharedConnection {
     /// # Errors
     /// The pool's error when a new connection cannot be made.
     pub(crate) async fn get(&self) -> Result<Lease, PoolError> {
-        if let Some(lease) = self.current() {
-            return Ok(lease);
-        }
-        let _connecting = self.connecting.lock().await;
-        // Whoever held the lock before may have connected already.
-        if let Some(lease) = self.current() {
-            return Ok(lease);
-        }
-        let conn = Connection::take(self.pool.get().await?);
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let thread = std::thread::current().id();
-        let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        guard.retain(|c| c.thread != thread);
-        guard.push(Current {
-            thread,
-            id,
-            conn: conn.clone(),
-        });
-        drop(guard);
-        tracing::debug!(connection = id, "connected to Redis");
-        Ok(Lease {
-            id,
-            conn,
-            fresh: true,
-        })
+        self.get_or_connect(
+            || self.current(),
+            |made| {
+                let mut guard = self.current.write().unwrap_or_else(PoisonError::into_inner);
+                guard.retain(|c| c.thread != made.thread);
+                guard.push(made);
+            },
+        )
+        .await
     }
 
     /// The process's one ordered connection, connecting first if there is none. Calls made on
@@ -126,27 +119,37 @@ impl SharedConnection {
     pub(crate) async fn get_ordered(&self) -> Result<Lease, PoolError> {
         let current = || {
             let guard = self.ordered.read().unwrap_or_else(PoisonError::into_inner);
-            guard.as_ref().map(|c| Lease {
-                id: c.id,
-                conn: c.conn.clone(),
-                fresh: false,
-            })
+            guard.as_ref().map(Current::lease)
         };
+        self.get_or_connect(current, |made| {
+            *self.ordered.write().unwrap_or_else(PoisonError::into_inner) = Some(made);
+        })
+        .await
+    }
+
+    /// `current()`'s lease, or a new connection handed to `keep` (one connection made at a time:
+    /// whoever waited for the lock first looks again).
+    async fn get_or_connect(
+        &self,
+        current: impl Fn() -> Option<Lease>,
+        keep: impl FnOnce(Current),
+    ) -> Result<Lease, PoolError> {
         if let Some(lease) = current() {
             return Ok(lease);
         }
         let _connecting = self.connecting.lock().await;
+        // Whoever held the lock before may have connected already.
         if let Some(lease) = current() {
             return Ok(lease);
         }
         let conn = Connection::take(self.pool.get().await?);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        *self.ordered.write().unwrap_or_else(PoisonError::into_inner) = Some(Current {
+        keep(Current {
             thread: std::thread::current().id(),
             id,
             conn: conn.clone(),
         });
-        tracing::debug!(connection = id, "connected to Redis (ordered lane)");
+        tracing::debug!(connection = id, "connected to Redis");
         Ok(Lease {
             id,
             conn,

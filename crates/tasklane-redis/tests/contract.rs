@@ -3,10 +3,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::{cache, cause, deadline, is_unavailable, raw, settings, TestResult};
+use common::{cache, cause, deadline, is_unavailable, raw, replacement, settings, TestResult};
 use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::{Duration, Instant};
-use tasklane_domain::{CacheLookup, Generation, Replacement, TaskCache};
+use tasklane_domain::{CacheLookup, Generation, TaskCache};
 use tasklane_redis::{BreakerState, RedisCacheError, RedisTaskCache, SetupError, SCHEMA};
 use tasklane_testkit::redis::{delete_prefix, shared_redis_url, unique_prefix};
 
@@ -594,15 +594,6 @@ async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
         CacheLookup::Hit(Bytes::from_static(b"in redis"))
     );
     cleanup(&prefix).await
-}
-
-fn replacement(expected: Generation, held: &'static [u8], next: &'static [u8]) -> Replacement {
-    Replacement {
-        key: "k".to_owned(),
-        expected_generation: expected,
-        expected_value: Bytes::from_static(held),
-        value: Bytes::from_static(next),
-    }
 }
 
 /// Generations near 2^62 (beyond what a Lua number holds exactly) are compared exactly; the

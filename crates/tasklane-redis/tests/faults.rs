@@ -3,11 +3,14 @@
 mod common;
 
 use bytes::Bytes;
-use common::{budget_deadline, cause, deadline, is_unavailable, raw, settings, TestResult, BUDGET};
+use common::{
+    budget_deadline, cause, deadline, is_unavailable, raw, replacement, settings, TestResult,
+    BUDGET,
+};
 use deadpool_redis::redis;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tasklane_domain::{CacheLookup, Generation, Replacement, TaskCache};
+use tasklane_domain::{CacheLookup, TaskCache};
 use tasklane_redis::{BreakerState, RedisCacheError, RedisTaskCache};
 use tasklane_testkit::redis::{unique_prefix, RedisServer};
 
@@ -391,12 +394,6 @@ async fn each_thread_gets_one_connection_and_keeps_it() -> TestResult {
 async fn after_a_restart_a_replacing_bump_reconnects_and_reloads_its_script() -> TestResult {
     let mut server = RedisServer::spawn().await?;
     let cache = cache_without_breaker(&server)?;
-    let replace = |g: Generation, held: &'static [u8], next: &'static [u8]| Replacement {
-        key: "k".to_owned(),
-        expected_generation: g,
-        expected_value: Bytes::from_static(held),
-        value: Bytes::from_static(next),
-    };
     let _ = cache.lookup("k", deadline()).await?;
     let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
         return Err("no generation".into());
@@ -405,7 +402,7 @@ async fn after_a_restart_a_replacing_bump_reconnects_and_reloads_its_script() ->
         .store("k", generation, Bytes::from_static(b"a"), deadline())
         .await?;
     let made = cache
-        .bump_generation_replacing(&[replace(generation, b"a", b"b")], deadline())
+        .bump_generation_replacing(&[replacement(generation, b"a", b"b")], deadline())
         .await?;
     assert_eq!(made, vec![true]);
 
@@ -420,7 +417,7 @@ async fn after_a_restart_a_replacing_bump_reconnects_and_reloads_its_script() ->
         .store("k", generation, Bytes::from_static(b"c"), deadline())
         .await?;
     let made = cache
-        .bump_generation_replacing(&[replace(generation, b"c", b"d")], deadline())
+        .bump_generation_replacing(&[replacement(generation, b"c", b"d")], deadline())
         .await?;
     assert_eq!(made, vec![true]);
     assert_eq!(

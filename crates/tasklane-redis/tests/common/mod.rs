@@ -2,9 +2,10 @@
 
 #![allow(dead_code)] // Each test file uses a different part.
 
+use bytes::Bytes;
 use deadpool_redis::redis;
 use std::time::{Duration, Instant};
-use tasklane_domain::CacheError;
+use tasklane_domain::{CacheError, Generation, Replacement};
 use tasklane_redis::{RedisCacheError, RedisSettings, RedisTaskCache};
 
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -56,4 +57,14 @@ pub fn cause(e: &CacheError) -> Option<&RedisCacheError> {
 
 pub fn is_unavailable(r: &Result<impl std::fmt::Debug, CacheError>) -> bool {
     matches!(r, Err(CacheError::Unavailable(_)))
+}
+
+/// A replacement of entry `k`: `held` under `expected`, to become `next`.
+pub fn replacement(expected: Generation, held: &'static [u8], next: &'static [u8]) -> Replacement {
+    Replacement {
+        key: "k".to_owned(),
+        expected_generation: expected,
+        expected_value: Bytes::from_static(held),
+        value: Bytes::from_static(next),
+    }
 }
