@@ -1,7 +1,8 @@
 //! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
 //! requests and latency per route, method and status; the list cache's hits, misses and
 //! errors, and the pages updates were written through into; the PostgreSQL pool, its search
-//! slots, its combined updates and its joined list reads; the Redis circuit breaker.
+//! slots, its combined updates and its joined list reads; the Redis circuit breaker and the
+//! hits served on a lease.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -37,7 +38,16 @@ pub struct PoolGauges {
 }
 
 type PoolProbe = Box<dyn Fn() -> PoolGauges + Send + Sync>;
-type BreakerProbe = Box<dyn Fn() -> &'static str + Send + Sync>;
+/// The Redis cache's state at scrape time.
+#[derive(Debug, Clone, Copy)]
+pub struct RedisGauges {
+    /// The circuit breaker's state: `closed`, `open` or `half_open`.
+    pub breaker: &'static str,
+    /// Hits served on a lease alone, without a round trip, since start.
+    pub lease_hits: u64,
+}
+
+type RedisProbe = Box<dyn Fn() -> RedisGauges + Send + Sync>;
 
 /// Everything `/metrics` reports.
 pub struct Metrics {
@@ -46,7 +56,7 @@ pub struct Metrics {
     latency: HistogramVec,
     service: Arc<TaskService>,
     pool: Option<PoolProbe>,
-    breaker: Option<BreakerProbe>,
+    redis: Option<RedisProbe>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -63,7 +73,7 @@ impl Metrics {
     pub fn new(
         service: Arc<TaskService>,
         pool: Option<PoolProbe>,
-        breaker: Option<BreakerProbe>,
+        redis: Option<RedisProbe>,
     ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -88,7 +98,7 @@ impl Metrics {
             latency,
             service,
             pool,
-            breaker,
+            redis,
         })
     }
 
@@ -185,8 +195,14 @@ impl Metrics {
                 p.lists_joined
             );
         }
-        if let Some(breaker) = &self.breaker {
-            let current = breaker();
+        if let Some(redis) = &self.redis {
+            let gauges = redis();
+            let _ = writeln!(
+                text,
+                "# HELP tasklane_cache_lease_hits_total List reads served from a local copy on a lease, without a round trip to Redis\n# TYPE tasklane_cache_lease_hits_total counter\ntasklane_cache_lease_hits_total {}",
+                gauges.lease_hits
+            );
+            let current = gauges.breaker;
             let _ = writeln!(
                 text,
                 "# HELP tasklane_cache_breaker_state The Redis circuit breaker's state (1 = current)\n# TYPE tasklane_cache_breaker_state gauge"

@@ -79,6 +79,11 @@ pub struct Settings {
     /// Bytes of Redis entries each process keeps as local copies (0: none). A copy is served
     /// only after Redis confirms its generation is still current.
     pub cache_local_bytes: usize,
+    /// How long a lease on the generation lasts (0: none). While a process holds one, it
+    /// serves its local copies without asking Redis, and every write waits until each lease
+    /// holder has taken in its bump or the lease has ended (docs/ARCHITECTURE.md, "Leases").
+    /// At most half of `cache_timeout_ms`; the same on every replica.
+    pub cache_lease_ms: u64,
     /// Whether an update writes itself through into the cached unfiltered list pages (stored
     /// under the new generation in the same step as the bump) instead of leaving them to miss.
     pub cache_write_through: bool,
@@ -130,6 +135,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("cache_breaker_threshold", "3"),
     ("cache_breaker_cooldown_ms", "1000"),
     ("cache_local_bytes", "8388608"),
+    ("cache_lease_ms", "50"),
     ("cache_write_through", "true"),
     ("log_format", "pretty"),
     ("log", "info"),
@@ -211,6 +217,12 @@ impl Settings {
         }
         if self.cache_pool_size == 0 {
             return Err(invalid("TASKLANE_CACHE_POOL_SIZE", "must be at least 1"));
+        }
+        if self.cache_lease_ms.saturating_mul(2) > self.cache_timeout_ms {
+            return Err(invalid(
+                "TASKLANE_CACHE_LEASE_MS",
+                "must be at most half of TASKLANE_CACHE_TIMEOUT_MS (a write may wait out a lease)",
+            ));
         }
         if self.body_timeout_ms == 0 {
             return Err(invalid("TASKLANE_BODY_TIMEOUT_MS", "must be at least 1"));
@@ -428,6 +440,18 @@ mod tests {
         assert!(load(&[("TASKLANE_DB_POOL_SIZE", "lots")]).is_err());
         assert!(load(&[("TASKLANE_DB_POOL_SIZE", "0")]).is_err());
         assert!(load(&[("TASKLANE_BODY_TIMEOUT_MS", "0")]).is_err());
+        // A lease a write could not wait out within the cache budget.
+        let e = load(&[("TASKLANE_CACHE_LEASE_MS", "51")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("TASKLANE_CACHE_LEASE_MS:"), "{e}");
+        assert!(load(&[
+            ("TASKLANE_CACHE_LEASE_MS", "150"),
+            ("TASKLANE_CACHE_TIMEOUT_MS", "300")
+        ])
+        .is_ok());
+        assert!(load(&[("TASKLANE_CACHE_LEASE_MS", "0")]).is_ok());
         assert_eq!(
             load(&[("TASKLANE_BODY_TIMEOUT_MS", "2000")])
                 .map(|s| s.body_timeout())

@@ -2,7 +2,7 @@
 //! bound (port 0 works: tests read the port back), and graceful shutdown on SIGTERM.
 
 use crate::memory_cache::{MemoryCacheSettings, MemoryTaskCache};
-use crate::metrics::{metrics_middleware, Metrics, PoolGauges};
+use crate::metrics::{metrics_middleware, Metrics, PoolGauges, RedisGauges};
 use crate::routes;
 use crate::settings::StoreKind;
 use crate::settings::{Settings, SettingsError};
@@ -218,6 +218,7 @@ fn redis_cache(settings: &Settings) -> Result<Option<Arc<RedisTaskCache>>, Start
         breaker_threshold: settings.cache_breaker_threshold,
         breaker_cooldown: Duration::from_millis(settings.cache_breaker_cooldown_ms),
         local_copy_bytes: settings.cache_local_bytes,
+        lease_time: Duration::from_millis(settings.cache_lease_ms),
     })
     .map_err(|e| {
         StartupError::Settings(SettingsError::Invalid {
@@ -398,12 +399,14 @@ impl Application {
                 }
             }) as Box<dyn Fn() -> PoolGauges + Send + Sync>
         });
-        let breaker_probe = wiring.redis.map(|redis| {
-            Box::new(move || redis.breaker_state().as_str())
-                as Box<dyn Fn() -> &'static str + Send + Sync>
+        let redis_probe = wiring.redis.map(|redis| {
+            Box::new(move || RedisGauges {
+                breaker: redis.breaker_state().as_str(),
+                lease_hits: redis.lease_hits(),
+            }) as Box<dyn Fn() -> RedisGauges + Send + Sync>
         });
         let metrics = web::Data::new(
-            Metrics::new(service.clone(), pool_probe, breaker_probe)
+            Metrics::new(service.clone(), pool_probe, redis_probe)
                 .map_err(|e| StartupError::Metrics(e.to_string()))?,
         );
         let addr = settings.listen_addr()?;

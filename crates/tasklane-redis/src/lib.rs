@@ -18,6 +18,7 @@
 mod breaker;
 mod connection;
 mod entry;
+mod lease;
 mod local;
 
 pub use breaker::BreakerState;
@@ -30,8 +31,9 @@ use connection::SharedConnection;
 use deadpool_redis::redis::{self, ErrorKind, FromRedisValue, RedisError, RetryMethod, Value};
 use deadpool_redis::{BuildError, Manager, Pool, PoolError};
 use entry::Keys;
+use lease::Leases;
 use local::LocalCopies;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 use tasklane_domain::{CacheError, CacheLookup, Generation, Replacement, TaskCache};
 
@@ -54,10 +56,18 @@ pub struct RedisSettings {
     pub breaker_cooldown: Duration,
     /// The bytes of local copies of entries this process keeps (0: none); see [`local`].
     pub local_copy_bytes: usize,
+    /// How long a lease lasts (zero: this process takes none, and checks the generation in
+    /// Redis on every hit); see [`lease`]. A bump may wait this long for a replica that stopped
+    /// answering, so it must be well within the callers' deadlines. Every replica must use the
+    /// same value.
+    pub lease_time: Duration,
 }
 
 /// The default budget for local copies: 8 MiB.
 pub const DEFAULT_LOCAL_COPY_BYTES: usize = 8 << 20;
+
+/// The default lease time: 50 ms.
+pub const DEFAULT_LEASE_TIME: Duration = Duration::from_millis(50);
 
 impl Default for RedisSettings {
     fn default() -> Self {
@@ -69,6 +79,7 @@ impl Default for RedisSettings {
             breaker_threshold: 3,
             breaker_cooldown: Duration::from_secs(1),
             local_copy_bytes: DEFAULT_LOCAL_COPY_BYTES,
+            lease_time: DEFAULT_LEASE_TIME,
         }
     }
 }
@@ -83,6 +94,7 @@ impl std::fmt::Debug for RedisSettings {
             .field("breaker_threshold", &self.breaker_threshold)
             .field("breaker_cooldown", &self.breaker_cooldown)
             .field("local_copy_bytes", &self.local_copy_bytes)
+            .field("lease_time", &self.lease_time)
             .finish()
     }
 }
@@ -121,6 +133,10 @@ pub enum RedisCacheError {
     /// Redis or the connection to it failed the command.
     #[error("the Redis command failed")]
     Command(#[source] RedisError),
+    /// A bump was made, but a replica's lease may outlast the deadline without taking it in;
+    /// see [`lease`].
+    #[error("a replica's lease outlasted the deadline of a bump")]
+    LeasesOutlastedDeadline,
 }
 
 impl RedisCacheError {
@@ -128,7 +144,11 @@ impl RedisCacheError {
     /// makes no sense. Only these count as breaker failures.
     fn is_unavailable(&self) -> bool {
         match self {
-            Self::NoTimeLeft | Self::Timeout | Self::BreakerOpen | Self::Connect(_) => true,
+            Self::NoTimeLeft
+            | Self::Timeout
+            | Self::BreakerOpen
+            | Self::Connect(_)
+            | Self::LeasesOutlastedDeadline => true,
             Self::Command(e) => {
                 connection_broken(e) || matches!(e.retry_method(), RetryMethod::WaitAndRetry)
             }
@@ -180,34 +200,141 @@ impl Request<'_> {
     }
 }
 
-/// The bump with replacements, atomic because Redis runs a script alone.
+/// Every bump, with or without replacements: atomic because Redis runs a script alone.
 ///
-/// `KEYS[1]` is the generation, `KEYS[2..]` the entries. `ARGV[1]` is a random generation, set
-/// first if there is none (as a plain bump does); then, for the entry in `KEYS[k]`, `ARGV[3k-4]`
-/// is the generation expected before the bump (decimal), `ARGV[3k-3]` the entry it must hold
-/// (tag and payload) and `ARGV[3k-2]` the entry to store instead, tagged with the next
-/// generation. Generations are compared as the strings Redis holds: they reach 2^62, beyond
-/// what a Lua number holds exactly. Answers the generation after the bump and, per entry, the
-/// replaced entry's remaining TTL in ms (as `PTTL` answers) or -3 when it was not replaced.
-const BUMP_REPLACING: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
+/// `KEYS[1]` is the generation, `KEYS[2]` the lease registry, `KEYS[3..]` the entries to
+/// replace. `ARGV[1]` is a random generation, `ARGV[2]` this replica's id, `ARGV[3]` the bump's
+/// sequence number, `ARGV[4]` the lease time (ms), `ARGV[5]` the bump channel; then, for the
+/// entry in `KEYS[k]`, `ARGV[3k-3]` is the generation expected before the bump (decimal),
+/// `ARGV[3k-2]` the entry it must hold (tag and payload) and `ARGV[3k-1]` the entry to store
+/// instead, tagged with the next generation.
+///
+/// A missing generation is first seeded at random (`INCR` of a missing key would start at 1,
+/// which entries of an earlier life of the key may carry), and one that `INCR` would refuse
+/// (not a decimal integer, or near the end of the range) is replaced at random: both are
+/// resets, which every replica's lease ends on. Generations are compared as the strings Redis
+/// holds: they reach 2^62, beyond what a Lua number holds exactly. The new generation is
+/// published (see [`lease`]) with the other lease holders and how long their leases have left.
+///
+/// A registry that is missing (or not a hash) is recreated, marked lost for a lease time.
+///
+/// Answers `{generation after, ttls, reset, lost ms, holders}`: per entry, the replaced entry's
+/// remaining TTL in ms (as `PTTL` answers) or -3 when it was not replaced; reset 1 or 0; how
+/// long the registry stays marked lost; and `id, ms, id, ms, ...` of the other holders.
+const BUMP: &str = r"
+local reset = 0
+if redis.call('SET', KEYS[1], ARGV[1], 'NX') then reset = 1 end
 local before = redis.call('GET', KEYS[1])
 local held = {}
-for k = 2, #KEYS do
-  held[k] = before == ARGV[3 * k - 4] and redis.call('GET', KEYS[k]) == ARGV[3 * k - 3]
+for k = 3, #KEYS do
+  held[k] = before == ARGV[3 * k - 3] and redis.call('GET', KEYS[k]) == ARGV[3 * k - 2]
+end
+if not string.match(before, '^%d+$') or #before > 19
+    or (#before == 19 and before >= '9000000000000000000') then
+  redis.call('SET', KEYS[1], ARGV[1])
+  reset = 1
 end
 redis.call('INCR', KEYS[1])
-local ttls = {}
-for k = 2, #KEYS do
-  if held[k] then
-    redis.call('SET', KEYS[k], ARGV[3 * k - 2], 'KEEPTTL')
-    ttls[k - 1] = redis.call('PTTL', KEYS[k])
-  else
-    ttls[k - 1] = -3
+local after = redis.call('GET', KEYS[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lost = 0
+local holders = {}
+if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], '_lost_until', string.format('%d', now + tonumber(ARGV[4])))
+  lost = tonumber(ARGV[4])
+else
+  local fields = redis.call('HGETALL', KEYS[2])
+  for i = 1, #fields, 2 do
+    local ends = tonumber(fields[i + 1]) or 0
+    if fields[i] == '_lost_until' then
+      if ends > now then lost = ends - now end
+    elseif ends <= now then
+      redis.call('HDEL', KEYS[2], fields[i])
+    elseif fields[i] ~= ARGV[2] then
+      holders[#holders + 1] = fields[i]
+      holders[#holders + 1] = string.format('%d', ends - now)
+    end
   end
 end
-return {redis.call('GET', KEYS[1]), ttls}
+redis.call('PUBLISH', ARGV[5], after .. ' ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. reset)
+local ttls = {}
+for k = 3, #KEYS do
+  if held[k] then
+    redis.call('SET', KEYS[k], ARGV[3 * k - 1], 'KEEPTTL')
+    ttls[k - 2] = redis.call('PTTL', KEYS[k])
+  else
+    ttls[k - 2] = -3
+  end
+end
+return {after, ttls, reset, lost, holders}
 ";
+
+/// A lease's registration (see [`lease`]). `KEYS[1]` is the generation, `KEYS[2]` the
+/// registry; `ARGV[1]` the replica's id, `ARGV[2]` the lease time (ms), `ARGV[3]` the replica's
+/// own channel, `ARGV[4]` the registration's token. Registers the lease until now plus the
+/// lease time (Redis's clock), marking a registry that had to be recreated as lost for as long,
+/// and publishes the marker. Answers the generation (nil when there is none: then no marker).
+const LEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ends = string.format('%d', now + tonumber(ARGV[2]))
+if redis.call('TYPE', KEYS[2]).ok ~= 'hash' then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[2], '_lost_until', ends)
+end
+redis.call('HSET', KEYS[2], ARGV[1], ends)
+local g = redis.call('GET', KEYS[1])
+if g then redis.call('PUBLISH', ARGV[3], 'L ' .. ARGV[4] .. ' ' .. g) end
+return g
+";
+
+/// Sets the generation to `ARGV[1]` (only if there is none when `ARGV[2]` is `nx`) and, if it
+/// did, publishes a reset on the bump channel `ARGV[3]`. Answers 1 if it set it.
+const SEED: &str = r"
+local set
+if ARGV[2] == 'nx' then
+  set = redis.call('SET', KEYS[1], ARGV[1], 'NX')
+else
+  set = redis.call('SET', KEYS[1], ARGV[1])
+end
+if set then
+  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' - 0 1')
+  return 1
+end
+return 0
+";
+
+/// A Lua script and its SHA1 once Redis has told it (`SCRIPT LOAD`).
+struct Script {
+    source: &'static str,
+    sha: Mutex<Option<String>>,
+}
+
+impl Script {
+    const fn new(source: &'static str) -> Self {
+        Self {
+            source,
+            sha: Mutex::new(None),
+        }
+    }
+
+    fn sha(&self) -> Option<String> {
+        self.sha
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_sha(&self, sha: String) {
+        *self.sha.lock().unwrap_or_else(PoisonError::into_inner) = Some(sha);
+    }
+}
+
+/// The subscriber, started by the first call that needs it (so that `new` connects nowhere);
+/// dropping the sender stops it.
+type Subscriber = tokio::sync::oneshot::Sender<()>;
 
 /// The [`TaskCache`] on Redis. Cheap to share behind an `Arc`; makes no connection until used.
 pub struct RedisTaskCache {
@@ -217,8 +344,13 @@ pub struct RedisTaskCache {
     ttl: Duration,
     ttl_millis: u64,
     local: LocalCopies,
-    /// The SHA1 of [`BUMP_REPLACING`], once Redis has told it (`SCRIPT LOAD`).
-    script_sha: Mutex<Option<String>>,
+    leases: Arc<Leases>,
+    /// For the lease subscriber's own connections.
+    client: redis::Client,
+    subscriber: OnceLock<Subscriber>,
+    bump_script: Script,
+    lease_script: Script,
+    seed_script: Script,
 }
 
 impl std::fmt::Debug for RedisTaskCache {
@@ -252,6 +384,7 @@ impl RedisTaskCache {
             ));
         }
         let manager = Manager::new(s.url.as_str()).map_err(SetupError::InvalidUrl)?;
+        let client = redis::Client::open(s.url.as_str()).map_err(SetupError::InvalidUrl)?;
         let pool = Pool::builder(manager)
             .max_size(s.pool_size)
             .build()
@@ -263,8 +396,28 @@ impl RedisTaskCache {
             ttl: s.ttl,
             ttl_millis: u64::try_from(s.ttl.as_millis()).unwrap_or(u64::MAX),
             local: LocalCopies::new(s.local_copy_bytes),
-            script_sha: Mutex::new(None),
+            leases: Arc::new(Leases::new(&s.key_prefix, s.lease_time)),
+            client,
+            subscriber: OnceLock::new(),
+            bump_script: Script::new(BUMP),
+            lease_script: Script::new(LEASE),
+            seed_script: Script::new(SEED),
         })
+    }
+
+    /// How many lookups were served on a lease alone, without a round trip to Redis.
+    pub fn lease_hits(&self) -> u64 {
+        self.leases.hits()
+    }
+
+    /// Starts the lease subscriber if it is not running. Every bump needs it (to hear the other
+    /// replicas acknowledge), and every lease.
+    fn ensure_subscriber(&self) {
+        self.subscriber.get_or_init(|| {
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            lease::spawn_subscriber(Arc::clone(&self.leases), self.client.clone(), stopped);
+            stop
+        });
     }
 
     /// The circuit breaker's state now, for metrics.
@@ -345,24 +498,78 @@ impl RedisTaskCache {
         }
     }
 
+    /// Runs `script` with the keys and arguments `args` adds (their count first): as `EVALSHA`
+    /// once Redis has told its SHA1 (`SCRIPT LOAD` first otherwise), and as `EVAL` when Redis
+    /// no longer has it (restarted, or its scripts flushed). `ordered` sends it on the ordered
+    /// connection.
+    async fn eval<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        ordered: bool,
+        args: impl Fn(&mut redis::Cmd),
+        deadline: Instant,
+    ) -> Result<T, RedisCacheError> {
+        let sha = match script.sha() {
+            Some(sha) => sha,
+            None => {
+                let mut load = redis::cmd("SCRIPT");
+                load.arg("LOAD").arg(script.source);
+                let sha: String = self.call(Request::Cmd(&load), deadline).await?;
+                script.set_sha(sha.clone());
+                sha
+            }
+        };
+        let build = |verb: &str, body: &str| {
+            let mut cmd = redis::cmd(verb);
+            cmd.arg(body);
+            args(&mut cmd);
+            cmd
+        };
+        let send = |cmd| {
+            if ordered {
+                Request::Ordered(cmd)
+            } else {
+                Request::Cmd(cmd)
+            }
+        };
+        let cmd = build("EVALSHA", &sha);
+        let reply = self.call(send(&cmd), deadline).await;
+        if matches!(&reply, Err(RedisCacheError::Command(e))
+            if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript))
+        {
+            let cmd = build("EVAL", script.source);
+            return self.call(send(&cmd), deadline).await;
+        }
+        reply
+    }
+
     /// Sets the generation to a random value: only when there is none (`only_if_missing`), or
     /// unconditionally to replace one that is not a number. Either way no entry in Redis can
-    /// look current afterwards.
+    /// look current afterwards, and every replica's lease ends (a reset: see [`lease`]).
     async fn seed_generation(
         &self,
         only_if_missing: bool,
         deadline: Instant,
     ) -> Result<(), RedisCacheError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.keys.generation())
-            .arg(entry::random_generation());
-        if only_if_missing {
-            cmd.arg("NX");
-        } else {
+        if !only_if_missing {
             // Every copy's generation is now stale.
             self.local.clear(None);
         }
-        self.call::<Value>(Request::Cmd(&cmd), deadline).await?;
+        let generation = entry::random_generation();
+        let mode = if only_if_missing { "nx" } else { "always" };
+        self.eval::<i64>(
+            &self.seed_script,
+            false,
+            |cmd| {
+                cmd.arg(1)
+                    .arg(self.keys.generation())
+                    .arg(generation)
+                    .arg(mode)
+                    .arg(&self.leases.names.bumps);
+            },
+            deadline,
+        )
+        .await?;
         Ok(())
     }
 
@@ -374,9 +581,43 @@ impl RedisTaskCache {
     ) -> Result<CacheLookup, RedisCacheError> {
         let sent = Instant::now();
         if let Some((copied_under, payload)) = self.local.get(key, sent) {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(self.keys.generation());
-            let generation: Option<Vec<u8>> = self.call(Request::Cmd(&cmd), deadline).await?;
+            if let Some((leased, renew)) = self.leases.current(sent) {
+                if leased == copied_under && !renew {
+                    self.leases.hit();
+                    return Ok(CacheLookup::Hit(payload));
+                }
+            }
+            // The generation from Redis; taking (or renewing) a lease on the way if this
+            // process can and no other lookup is doing so already.
+            self.ensure_subscriber();
+            let generation: Option<Vec<u8>> = if let Some(token) = self.leases.begin(sent) {
+                let reply = self
+                    .eval(
+                        &self.lease_script,
+                        false,
+                        |cmd| {
+                            cmd.arg(2)
+                                .arg(self.keys.generation())
+                                .arg(&self.leases.names.registry)
+                                .arg(&self.leases.id)
+                                .arg(
+                                    u64::try_from(self.leases.time.as_millis()).unwrap_or(u64::MAX),
+                                )
+                                .arg(self.leases.names.acks(&self.leases.id))
+                                .arg(token);
+                        },
+                        deadline,
+                    )
+                    .await;
+                if !matches!(reply, Ok(Some(_))) {
+                    self.leases.abandon(token);
+                }
+                reply?
+            } else {
+                let mut cmd = redis::cmd("GET");
+                cmd.arg(self.keys.generation());
+                self.call(Request::Cmd(&cmd), deadline).await?
+            };
             let current = generation.as_deref().and_then(entry::parse_generation);
             if current == Some(copied_under) {
                 return Ok(CacheLookup::Hit(payload));
@@ -455,86 +696,37 @@ impl RedisTaskCache {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "redis.bump_generation", skip_all)]
-    async fn bump_inner(&self, deadline: Instant) -> Result<(), RedisCacheError> {
-        // `INCR` of a missing key would start at 1, which entries of an earlier life of the key
-        // may carry; so a missing generation is first seeded at random, in the same transaction.
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(self.keys.generation())
-            .arg(entry::random_generation())
-            .arg("NX")
-            .ignore()
-            .cmd("INCR")
-            .arg(self.keys.generation());
-        match self.call::<(u64,)>(Request::Pipe(&pipe), deadline).await {
-            Ok((latest,)) => {
-                // Every copy's generation is now stale.
-                self.local.clear(Some(Generation(latest)));
-                Ok(())
-            }
-            Err(e) if !e.is_unavailable() => {
-                // The key holds something `INCR` refuses (not a number, or at the end of the
-                // range). Replacing it with a random generation invalidates just as well, and
-                // must not fail, or the caller's debt could never be paid.
-                tracing::warn!(error = %e, "could not increment the cache generation; replacing it");
-                self.seed_generation(false, deadline).await
-            }
-            Err(e) => Err(e),
-        }
-    }
-
+    /// A bump (see [`BUMP`]) replacing `replacements` (none for a plain bump), which returns
+    /// once every replica's lease has taken in the new generation or ended (see [`lease`]).
     #[tracing::instrument(
         level = "debug",
-        name = "redis.bump_generation_replacing",
+        name = "redis.bump_generation",
         skip_all,
         fields(entries = replacements.len())
     )]
-    async fn bump_replacing_inner(
+    async fn bump_inner(
         &self,
         replacements: &[Replacement],
         deadline: Instant,
     ) -> Result<Vec<bool>, RedisCacheError> {
+        self.ensure_subscriber();
         let sent = Instant::now();
-        let known_sha = self
-            .script_sha
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        let sha = match known_sha {
-            Some(sha) => sha,
-            None => {
-                let mut load = redis::cmd("SCRIPT");
-                load.arg("LOAD").arg(BUMP_REPLACING);
-                let sha: String = self.call(Request::Cmd(&load), deadline).await?;
-                *self
-                    .script_sha
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(sha.clone());
-                sha
-            }
-        };
-        let mut reply = self
-            .call::<(Vec<u8>, Vec<i64>)>(
-                Request::Ordered(&self.replacing_cmd("EVALSHA", &sha, replacements)),
+        let bump = self.leases.bump();
+        let seq = bump.seq;
+        // Replacing bumps build on the pages the ones before them stored, so they go in order.
+        let reply = self
+            .eval::<(Vec<u8>, Vec<i64>, i64, i64, Vec<String>)>(
+                &self.bump_script,
+                !replacements.is_empty(),
+                |cmd| self.bump_args(cmd, seq, replacements),
                 deadline,
             )
             .await;
-        if matches!(&reply, Err(RedisCacheError::Command(e))
-            if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript))
-        {
-            // Redis restarted or its scripts were flushed: `EVAL` loads it again (same SHA1).
-            reply = self
-                .call(
-                    Request::Ordered(&self.replacing_cmd("EVAL", BUMP_REPLACING, replacements)),
-                    deadline,
-                )
-                .await;
-        }
         match reply {
-            Ok((latest, ttls)) => {
+            Ok((latest, ttls, reset, lost_ms, holders)) => {
+                let answered = Instant::now();
                 let latest = entry::parse_generation(&latest);
+                let seen = latest.is_some_and(|g| self.leases.own_bump(g, reset != 0));
                 // Every copy's generation is now stale; copies of the replaced entries are
                 // made below, under the new one.
                 self.local.clear(latest);
@@ -547,35 +739,54 @@ impl RedisTaskCache {
                         self.local.put(&r.key, latest, r.value.clone(), expires);
                     }
                 }
+                bump.wait(
+                    lease::parse_holders(&holders, lost_ms),
+                    seen,
+                    answered,
+                    deadline,
+                )
+                .await
+                .map_err(|lease::WaitTimedOut| RedisCacheError::LeasesOutlastedDeadline)?;
                 Ok(made)
             }
             Err(e) if !e.is_unavailable() => {
-                // As for a plain bump: a generation `INCR` refuses is replaced at random.
+                // A generation the script cannot move on (a key of another type, say) is
+                // replaced at random: that invalidates just as well, and must not fail, or the
+                // caller's debt could never be paid.
                 tracing::warn!(error = %e, "could not increment the cache generation; replacing it");
                 self.seed_generation(false, deadline).await?;
+                // The reset ends every lease, but no replica acknowledges one: wait until every
+                // lease that may not have read it has ended.
+                let waited = Instant::now() + self.leases.time;
+                if waited > deadline {
+                    return Err(RedisCacheError::LeasesOutlastedDeadline);
+                }
+                tokio::time::sleep_until(tokio::time::Instant::from_std(waited)).await;
                 Ok(vec![false; replacements.len()])
             }
             Err(e) => Err(e),
         }
     }
 
-    /// The script call: `EVALSHA sha ...` or `EVAL script ...`.
-    fn replacing_cmd(&self, verb: &str, script: &str, replacements: &[Replacement]) -> redis::Cmd {
-        let mut cmd = redis::cmd(verb);
-        cmd.arg(script)
-            .arg(1 + replacements.len())
-            .arg(self.keys.generation());
+    /// The bump script's keys and arguments.
+    fn bump_args(&self, cmd: &mut redis::Cmd, seq: u64, replacements: &[Replacement]) {
+        cmd.arg(2 + replacements.len())
+            .arg(self.keys.generation())
+            .arg(&self.leases.names.registry);
         for r in replacements {
             cmd.arg(self.keys.entry(&r.key));
         }
-        cmd.arg(entry::random_generation());
+        cmd.arg(entry::random_generation())
+            .arg(&self.leases.id)
+            .arg(seq)
+            .arg(u64::try_from(self.leases.time.as_millis()).unwrap_or(u64::MAX))
+            .arg(&self.leases.names.bumps);
         for r in replacements {
             let next = Generation(r.expected_generation.0.wrapping_add(1));
             cmd.arg(r.expected_generation.0)
                 .arg(entry::encode(r.expected_generation, &r.expected_value))
                 .arg(entry::encode(next, &r.value));
         }
-        cmd
     }
 
     #[tracing::instrument(level = "debug", name = "redis.ping", skip_all)]
@@ -603,7 +814,8 @@ impl TaskCache for RedisTaskCache {
     }
 
     async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError> {
-        Ok(self.bump_inner(deadline).await?)
+        self.bump_inner(&[], deadline).await?;
+        Ok(())
     }
 
     async fn bump_generation_replacing(
@@ -611,7 +823,7 @@ impl TaskCache for RedisTaskCache {
         replacements: &[Replacement],
         deadline: Instant,
     ) -> Result<Vec<bool>, CacheError> {
-        Ok(self.bump_replacing_inner(replacements, deadline).await?)
+        Ok(self.bump_inner(replacements, deadline).await?)
     }
 
     async fn ping(&self, deadline: Instant) -> Result<(), CacheError> {

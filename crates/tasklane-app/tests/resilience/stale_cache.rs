@@ -19,8 +19,8 @@
 //! default) many bumps also store the readers' next page; the test requires that some did.
 
 use crate::harness::{
-    breaker_state, cache_counters, cache_replaced, client, exchange, private_pg, private_redis,
-    seed_tasks, App, Figures, LogOnPanic, Recorder, Summary,
+    breaker_state, cache_counters, cache_lease_hits, cache_replaced, client, exchange, private_pg,
+    private_redis, seed_tasks, App, Figures, LogOnPanic, Recorder, Summary,
 };
 use deadpool_redis::redis;
 use serde_json::{json, Value};
@@ -278,6 +278,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     let counters_before = both_counters(&client, &app, &peer).await;
     let replaced_before =
         cache_replaced(&client, &app).await + cache_replaced(&client, &peer).await;
+    let leased_before =
+        cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await;
     let race = Race::new(WRITERS, load);
     let mut tasks = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -298,6 +300,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     let counters_after = both_counters(&client, &app, &peer).await;
     let replaced = cache_replaced(&client, &app).await + cache_replaced(&client, &peer).await
         - replaced_before;
+    let leased = cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await
+        - leased_before;
     pg_proxy.set_mode(Mode::Pass);
     redis_proxy.set_mode(Mode::Pass);
 
@@ -505,6 +509,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     figures.set("cache_misses", misses);
     figures.set("cache_errors", counters_after.2 - counters_before.2);
     figures.set("pages_written_through", replaced);
+    figures.set("hits_on_a_lease", leased);
     figures.set(
         "hit_rate",
         if hits + misses > 0.0 {
@@ -531,6 +536,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     // Updates were written through into the readers' page (not only plain bumps): the race
     // above covered that path too.
     assert!(replaced > 0.0, "no update was written through");
+    // And hits were served on leases, with no round trip to Redis: the race covered them too.
+    assert!(leased > 0.0, "no hit was served on a lease");
     for (status, ok, how) in &agree {
         assert_eq!(*status, 200);
         assert!(ok, "the list ({how}) disagrees with the database");
@@ -588,6 +595,8 @@ async fn write_through_race_between_two_replicas() {
         cache_replaced(&client, &app).await,
         cache_replaced(&client, &peer).await,
     );
+    let leased_before =
+        cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await;
 
     let race = Race::new(WRITERS, LOAD);
     let mut tasks = Vec::new();
@@ -604,6 +613,8 @@ async fn write_through_race_between_two_replicas() {
         cache_replaced(&client, &app).await - replaced_before.0,
         cache_replaced(&client, &peer).await - replaced_before.1,
     );
+    let leased = cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await
+        - leased_before;
     let direct = pg.client("tasklane").await.unwrap();
     let truth = db_rows(&direct).await;
     let mut agree = Vec::new();
@@ -626,6 +637,7 @@ async fn write_through_race_between_two_replicas() {
     figures.set("acknowledged_writes", acked_writes);
     figures.set("pages_written_through_app", replaced.0);
     figures.set("pages_written_through_peer", replaced.1);
+    figures.set("hits_on_a_lease", leased);
     figures.set("stale_reads", race.stale_reads());
     figures.set("end_reads_agree_with_db", json!(agree));
     figures.emit();
@@ -642,6 +654,7 @@ async fn write_through_race_between_two_replicas() {
         replaced.0 + replaced.1 < acked_writes as f64,
         "every write was written through, so no chain was ever broken: {replaced:?} of {acked_writes}"
     );
+    assert!(leased > 0.0, "no hit was served on a lease");
     for (status, ok) in agree {
         assert_eq!(status, 200);
         assert!(ok, "a replica's list disagrees with the database");

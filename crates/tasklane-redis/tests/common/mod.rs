@@ -33,6 +33,7 @@ pub fn settings(url: String, key_prefix: String) -> RedisSettings {
         breaker_threshold: 3,
         breaker_cooldown: Duration::from_millis(300),
         local_copy_bytes: tasklane_redis::DEFAULT_LOCAL_COPY_BYTES,
+        lease_time: tasklane_redis::DEFAULT_LEASE_TIME,
     }
 }
 
