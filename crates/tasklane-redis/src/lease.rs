@@ -166,8 +166,14 @@ struct Pending {
 #[derive(Debug)]
 struct Waiter {
     acked: HashSet<String>,
-    /// Whether this process's subscriber has read the bump.
+    /// Whether this process's lease knows the bump's generation.
     seen: bool,
+    /// Whether the bump's answer has been handled ([`Leases::answered`]).
+    answered: bool,
+    /// The epoch in which the subscriber read the bump, and its generation, if it did before
+    /// the answer was handled: the answer's handler then moves the lease on (see
+    /// [`Leases::on_bump`]), or the bump's end if the answer never comes (a cancelled call).
+    read_in: Option<(u64, Generation)>,
     notify: Arc<Notify>,
 }
 
@@ -183,7 +189,20 @@ pub(crate) struct Bump<'a> {
 
 impl Drop for Bump<'_> {
     fn drop(&mut self) {
-        self.leases.waiters().remove(&self.seq);
+        let waiter = self.leases.waiters().remove(&self.seq);
+        // Read by the subscriber but never answered (the call was cancelled): the lease must
+        // still move on, as the subscriber would have moved it.
+        if let Some(Waiter {
+            answered: false,
+            read_in: Some((epoch, generation)),
+            ..
+        }) = waiter
+        {
+            let mut state = self.leases.state();
+            if state.epoch == epoch {
+                state.known = state.known.max(Some(generation));
+            }
+        }
     }
 }
 
@@ -287,7 +306,13 @@ impl Leases {
     }
 
     /// The subscriber read a bump or a reset. Answers whether to acknowledge it to its writer.
+    ///
+    /// A bump of this process's own, read before its answer was handled, leaves the lease's
+    /// generation alone: the answer's handler makes the local copies of the pages it replaced
+    /// first, and then moves the lease on ([`Leases::answered`]). Otherwise reads in between
+    /// would find the lease ahead of every copy, and each pay a round trip.
     pub(crate) fn on_bump(&self, bump: &BumpMessage<'_>) -> bool {
+        let own = bump.writer == self.id;
         if bump.reset || bump.generation.is_none() {
             let mut state = self.state();
             state.epoch += 1;
@@ -295,9 +320,18 @@ impl Leases {
             state.until = None;
             state.pending = None;
         } else {
+            let epoch = self.state().epoch;
+            if own {
+                if let Some(waiter) = self.waiters().get_mut(&bump.seq) {
+                    if let (false, Some(generation)) = (waiter.answered, bump.generation) {
+                        waiter.read_in = Some((epoch, generation));
+                        return false;
+                    }
+                }
+            }
             self.state().known = bump.generation;
         }
-        if bump.writer == self.id {
+        if own {
             if let Some(waiter) = self.waiters().get_mut(&bump.seq) {
                 waiter.seen = true;
                 waiter.notify.notify_one();
@@ -334,17 +368,36 @@ impl Leases {
         }
     }
 
-    /// This process's bump moved the generation to `after` (a reset when `reset`). If the
-    /// subscriber's last word was the generation just before it, nothing came between the two
-    /// (only a bump moves a generation on by one), so `after` is exact now, without waiting for
-    /// the subscriber to read the bump. Answers whether it was.
-    pub(crate) fn own_bump(&self, after: Generation, reset: bool) -> bool {
+    /// The answer of this process's bump `seq` has been handled (the local copies of the pages
+    /// it replaced are made): it moved the generation to `after` (a reset when `reset`).
+    /// Answers whether the lease now knows it, so that the writer need not wait for the
+    /// subscriber:
+    /// - if the lease's last word was the generation just before it, nothing came between the
+    ///   two (only a bump moves a generation on by one), so `after` is exact now;
+    /// - if the subscriber has read the bump already (and left it to this call), every message
+    ///   before it has been read too, so `after` or anything read since is exact.
+    pub(crate) fn answered(&self, seq: u64, after: Option<Generation>, reset: bool) -> bool {
+        let read_in = self.waiters().get_mut(&seq).and_then(|w| {
+            w.answered = true;
+            w.read_in
+        });
+        let Some(after) = after.filter(|_| !reset) else {
+            return false;
+        };
         let mut state = self.state();
-        if !reset && after.0 > 0 && state.known == Some(Generation(after.0 - 1)) {
+        if after.0 > 0 && state.known == Some(Generation(after.0 - 1)) {
             state.known = Some(after);
             return true;
         }
-        false
+        match read_in {
+            Some((epoch, _)) if epoch == state.epoch => {
+                state.known = state.known.max(Some(after));
+                true
+            }
+            // A gap since (a reset, a new subscription): the lease it would move has ended.
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// Registers a bump about to be sent.
@@ -356,6 +409,8 @@ impl Leases {
             Waiter {
                 acked: HashSet::new(),
                 seen: false,
+                answered: false,
+                read_in: None,
                 notify: Arc::clone(&notify),
             },
         );
@@ -649,14 +704,51 @@ mod tests {
             token,
             generation: Generation(5),
         });
-        assert!(leases.own_bump(Generation(6), false));
+        let first = leases.bump();
+        assert!(leases.answered(first.seq, Some(Generation(6)), false));
         assert_eq!(leases.current(now), Some((Generation(6), false)));
         // Another bump came between (its message not read yet): wait for the subscriber.
-        assert!(!leases.own_bump(Generation(8), false));
+        let second = leases.bump();
+        assert!(!leases.answered(second.seq, Some(Generation(8)), false));
         assert_eq!(leases.current(now), Some((Generation(6), false)));
         // A reset is never known this way.
-        assert!(!leases.own_bump(Generation(7), true));
+        let third = leases.bump();
+        assert!(!leases.answered(third.seq, Some(Generation(7)), true));
         assert_eq!(leases.current(now), Some((Generation(6), false)));
+    }
+
+    #[test]
+    fn an_own_bump_read_before_its_answer_moves_the_lease_only_with_the_answer() {
+        let leases = leased(1000);
+        let now = Instant::now();
+        let token = leases.begin(now).unwrap();
+        leases.on_own(&OwnMessage::Marker {
+            token,
+            generation: Generation(5),
+        });
+        // Someone else's bump to 6 is not read yet; ours makes 7 and is read at once.
+        let ours = leases.bump();
+        let message = format!("7 {} {} 0", leases.id, ours.seq);
+        assert!(!leases.on_bump(&BumpMessage::parse(&message).unwrap()));
+        assert_eq!(leases.current(now), Some((Generation(5), false)));
+        // The answer (its copies made) moves the lease on.
+        assert!(leases.answered(ours.seq, Some(Generation(7)), false));
+        assert_eq!(leases.current(now), Some((Generation(7), false)));
+        // Read after its answer: the subscriber moves the lease itself.
+        let later = leases.bump();
+        assert!(!leases.answered(later.seq, Some(Generation(9)), false));
+        let other = bump(8, "someone", 1, false);
+        assert!(leases.on_bump(&BumpMessage::parse(&other).unwrap()));
+        let message = format!("9 {} {} 0", leases.id, later.seq);
+        leases.on_bump(&BumpMessage::parse(&message).unwrap());
+        assert_eq!(leases.current(now), Some((Generation(9), false)));
+        // Read, and its call cancelled before the answer: the lease moves on all the same.
+        let cancelled = leases.bump();
+        let message = format!("10 {} {} 0", leases.id, cancelled.seq);
+        leases.on_bump(&BumpMessage::parse(&message).unwrap());
+        assert_eq!(leases.current(now), Some((Generation(9), false)));
+        drop(cancelled);
+        assert_eq!(leases.current(now), Some((Generation(10), false)));
     }
 
     #[test]
@@ -683,11 +775,15 @@ mod tests {
             let own = format!("7 {} {seq} 0", other.id);
             other.on_bump(&BumpMessage::parse(&own).unwrap());
         });
+        // The answer is handled before the subscriber reads the bump: the writer waits for it.
+        assert!(!leases.answered(seq, Some(Generation(7)), false));
         bump_
             .wait(holders, false, answered, deadline)
             .await
             .unwrap();
         assert!(answered.elapsed() >= Duration::from_millis(40));
+        // Returned because the subscriber read it (not at the deadline, which drops the lease).
+        assert_eq!(leases.state().known, Some(Generation(7)));
         acker.await.unwrap();
         assert!(leases.waiters().is_empty());
     }

@@ -726,7 +726,6 @@ impl RedisTaskCache {
             Ok((latest, ttls, reset, lost_ms, holders)) => {
                 let answered = Instant::now();
                 let latest = entry::parse_generation(&latest);
-                let seen = latest.is_some_and(|g| self.leases.own_bump(g, reset != 0));
                 // Every copy's generation is now stale; copies of the replaced entries are
                 // made below, under the new one.
                 self.local.clear(latest);
@@ -739,6 +738,7 @@ impl RedisTaskCache {
                         self.local.put(&r.key, latest, r.value.clone(), expires);
                     }
                 }
+                let seen = self.leases.answered(seq, latest, reset != 0);
                 bump.wait(
                     lease::parse_holders(&holders, lost_ms),
                     seen,

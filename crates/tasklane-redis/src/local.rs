@@ -105,6 +105,10 @@ impl LocalCopies {
             return;
         }
         let mut inner = self.lock();
+        if inner.latest.is_some_and(|latest| generation < latest) {
+            // Older than what this process has seen: whatever copy there is, is no older.
+            return;
+        }
         inner.remove(key);
         if inner.latest.is_some_and(|latest| latest != generation) {
             return;
@@ -146,10 +150,18 @@ impl LocalCopies {
     }
 
     /// Forgets every copy (after this process moved the generation on, to `latest` if known:
-    /// none can be served).
+    /// none can be served). Unless `latest` is older than a generation this process has already
+    /// seen: then this is the late answer of an earlier bump (two threads' answers may be handled
+    /// in either order), and the copies are newer than it. (A generation reset to a lower value
+    /// keeps copies that will never match: harmless, as every copy is checked before use.)
     pub(crate) fn clear(&self, latest: Option<Generation>) {
         if self.enabled() {
             let mut inner = self.lock();
+            if let (Some(new), Some(seen)) = (latest, inner.latest) {
+                if new < seen {
+                    return;
+                }
+            }
             inner.copies.clear();
             inner.bytes = 0;
             inner.latest = latest;
@@ -273,6 +285,21 @@ mod tests {
         // Whatever the generation seen, a copy is still checked against Redis before use, so
         // "k" may stay.
         assert!(local.get("k", Instant::now()).is_some());
+    }
+
+    #[test]
+    fn a_late_answer_of_an_earlier_bump_clears_nothing_and_copies_nothing() {
+        let local = LocalCopies::new(1 << 20);
+        // Bump to 9 handled first, then the earlier bump to 8.
+        local.clear(Some(Generation(9)));
+        local.put("k", Generation(9), payload(3), later());
+        local.clear(Some(Generation(8)));
+        assert!(local.get("k", Instant::now()).is_some());
+        local.put("k", Generation(8), payload(3), later());
+        assert_eq!(
+            local.get("k", Instant::now()).map(|c| c.0),
+            Some(Generation(9))
+        );
     }
 
     #[test]
