@@ -612,6 +612,15 @@ mod tests {
         format!("{generation} {writer} {seq} {}", u8::from(reset))
     }
 
+    /// Registers and reads the marker at once: a lease on `generation` from `now`.
+    fn take_lease(leases: &Leases, now: Instant, generation: u64) {
+        let token = leases.begin(now).unwrap();
+        leases.on_own(&OwnMessage::Marker {
+            token,
+            generation: Generation(generation),
+        });
+    }
+
     fn leased(time_ms: u64) -> Leases {
         let leases = Leases::new("t", Duration::from_millis(time_ms));
         leases.subscribed();
@@ -684,11 +693,7 @@ mod tests {
         });
         assert_eq!(leases.current(now), None);
         // A reset ends a lease too.
-        let token = leases.begin(now).unwrap();
-        leases.on_own(&OwnMessage::Marker {
-            token,
-            generation: Generation(5),
-        });
+        take_lease(&leases, now, 5);
         assert!(leases.current(now).is_some());
         let reset = bump(123, "-", 0, true);
         assert!(!leases.on_bump(&BumpMessage::parse(&reset).unwrap()));
@@ -699,11 +704,7 @@ mod tests {
     fn an_own_bump_right_after_the_known_generation_is_known_at_once() {
         let leases = leased(1000);
         let now = Instant::now();
-        let token = leases.begin(now).unwrap();
-        leases.on_own(&OwnMessage::Marker {
-            token,
-            generation: Generation(5),
-        });
+        take_lease(&leases, now, 5);
         let first = leases.bump();
         assert!(leases.answered(first.seq, Some(Generation(6)), false));
         assert_eq!(leases.current(now), Some((Generation(6), false)));
@@ -721,11 +722,7 @@ mod tests {
     fn an_own_bump_read_before_its_answer_moves_the_lease_only_with_the_answer() {
         let leases = leased(1000);
         let now = Instant::now();
-        let token = leases.begin(now).unwrap();
-        leases.on_own(&OwnMessage::Marker {
-            token,
-            generation: Generation(5),
-        });
+        take_lease(&leases, now, 5);
         // Someone else's bump to 6 is not read yet; ours makes 7 and is read at once.
         let ours = leases.bump();
         let message = format!("7 {} {} 0", leases.id, ours.seq);

@@ -41,6 +41,17 @@ async fn until_leased(cache: &RedisTaskCache, key: &str, value: &[u8]) -> TestRe
     Ok(())
 }
 
+/// Stores `page` as entry `k` under the current generation and looks it up until the holder
+/// serves it on a lease. Answers the generation and the page.
+async fn leased_page(holder: &RedisTaskCache, page: &str) -> Result<(Generation, String), Error> {
+    let g = generation(holder).await?;
+    holder
+        .store("k", g, Bytes::from(page.to_owned()), deadline())
+        .await?;
+    until_leased(holder, "k", page.as_bytes()).await?;
+    Ok((g, page.to_owned()))
+}
+
 /// Redis's clock in ms.
 async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> Result<u64, Error> {
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(conn).await?;
@@ -95,12 +106,7 @@ async fn a_bump_returns_only_after_every_lease_holder_took_it_in() -> TestResult
     let holder = cache(shared_redis_url(), prefix.clone())?;
     let writer = cache(shared_redis_url(), prefix.clone())?;
     for round in 0..60u32 {
-        let g = generation(&holder).await?;
-        let old = format!("page {round}");
-        holder
-            .store("k", g, Bytes::from(old.clone()), deadline())
-            .await?;
-        until_leased(&holder, "k", old.as_bytes()).await?;
+        let (g, old) = leased_page(&holder, &format!("page {round}")).await?;
         // The very next lookup, with no pause: the lease must already know.
         if round % 2 == 0 {
             writer.bump_generation(deadline()).await?;
@@ -215,12 +221,7 @@ async fn a_holder_whose_subscription_breaks_serves_nothing_stale_and_leases_agai
     let writer = cache(server.url(), prefix.clone())?;
     let mut conn = raw(&server.url()).await?;
     for round in 0..5u32 {
-        let g = generation(&holder).await?;
-        let old = format!("page {round}");
-        holder
-            .store("k", g, Bytes::from(old.clone()), deadline())
-            .await?;
-        until_leased(&holder, "k", old.as_bytes()).await?;
+        let (g, _) = leased_page(&holder, &format!("page {round}")).await?;
         // Cut every subscriber off, then write at once: nobody can acknowledge the bump.
         let _: u64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -243,11 +244,7 @@ async fn a_flushed_redis_ends_every_lease() -> TestResult {
     let prefix = unique_prefix();
     let holder = cache(server.url(), prefix.clone())?;
     let writer = cache(server.url(), prefix.clone())?;
-    let g = generation(&holder).await?;
-    holder
-        .store("k", g, Bytes::from_static(b"before"), deadline())
-        .await?;
-    until_leased(&holder, "k", b"before").await?;
+    leased_page(&holder, "before").await?;
     let mut conn = raw(&server.url()).await?;
     let () = redis::cmd("FLUSHALL").query_async(&mut conn).await?;
     // The writer's next write seeds a new generation (a reset) and bumps it.
