@@ -6,13 +6,18 @@
 //! - `p:v{SCHEMA}:list:{key}`: an entry, the 8-byte big-endian generation it was computed under
 //!   followed by the caller's opaque bytes, with a TTL.
 //!
+//! - `p:leases`, `p:lease-bumps`, `p:lease-acks:{replica}`: the lease registry and channels (see
+//!   [`lease`]).
+//!
 //! A lookup is one round trip (`MGET gen entry`) and hits only when the entry's generation is
 //! the current one, so a value computed before a write can never be served after that write's
-//! bump. A bump that writes an update through ([`TaskCache::bump_generation_replacing`]) is one
-//! Lua script ([`BUMP_REPLACING`]), so that no lookup sees the new generation without the
-//! entries it replaces. An entry this process has already read or written is kept as a local
-//! copy (see [`local`]), and then the round trip is a `GET gen` alone: the same check, without
-//! the page. Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
+//! bump. Every bump is one Lua script ([`BUMP`]); one that writes an update through
+//! ([`TaskCache::bump_generation_replacing`]) stores the entries it replaces in the same script,
+//! so that no lookup sees the new generation without them. An entry this process has already
+//! read or written is kept as a local copy (see [`local`]), and then the round trip is a `GET
+//! gen` alone: the same check, without the page; or none at all while the process holds a lease
+//! on the generation (see [`lease`]), which every bump's writer waits on before it returns.
+//! Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
 //! failing and probes it again after a cool-down.
 
 mod breaker;
