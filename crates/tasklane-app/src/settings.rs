@@ -77,7 +77,7 @@ pub struct Settings {
     pub cache_breaker_threshold: u32,
     pub cache_breaker_cooldown_ms: u64,
     /// Bytes of Redis entries each process keeps as local copies (0: none). A copy is served
-    /// only after Redis confirms its generation is still current.
+    /// only after Redis confirms its generation is still current, or on a lease (below).
     pub cache_local_bytes: usize,
     /// How long a lease on the generation lasts (0: none). While a process holds one, it
     /// serves its local copies without asking Redis, and every write waits until each lease
