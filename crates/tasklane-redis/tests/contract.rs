@@ -3,7 +3,10 @@
 mod common;
 
 use bytes::Bytes;
-use common::{cache, cause, deadline, is_unavailable, raw, replacement, settings, TestResult};
+use common::{
+    cache, cause, deadline, is_unavailable, raw, replacement, settings, store_then_replace,
+    TestResult,
+};
 use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::{Duration, Instant};
 use tasklane_domain::{CacheLookup, Generation, TaskCache};
@@ -679,13 +682,10 @@ async fn a_replacing_bump_compares_large_generations_exactly_and_keeps_the_ttl()
 #[tokio::test]
 async fn a_replacing_bump_survives_a_script_flush() -> TestResult {
     let (cache, prefix, generation) = ready_cache().await?;
-    cache
-        .store("k", generation, Bytes::from_static(b"a"), deadline())
-        .await?;
-    let made = cache
-        .bump_generation_replacing(&[replacement(generation, b"a", b"b")], deadline())
-        .await?;
-    assert_eq!(made, vec![true]);
+    assert_eq!(
+        store_then_replace(&cache, generation, b"a", b"b").await?,
+        vec![true]
+    );
     let mut conn = raw(&shared_redis_url()).await?;
     let () = redis::cmd("SCRIPT")
         .arg("FLUSH")

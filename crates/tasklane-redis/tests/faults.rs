@@ -4,8 +4,8 @@ mod common;
 
 use bytes::Bytes;
 use common::{
-    budget_deadline, cause, deadline, is_unavailable, raw, replacement, settings, TestResult,
-    BUDGET,
+    budget_deadline, cause, deadline, is_unavailable, raw, settings, store_then_replace,
+    TestResult, BUDGET,
 };
 use deadpool_redis::redis;
 use std::sync::Arc;
@@ -398,13 +398,10 @@ async fn after_a_restart_a_replacing_bump_reconnects_and_reloads_its_script() ->
     let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
         return Err("no generation".into());
     };
-    cache
-        .store("k", generation, Bytes::from_static(b"a"), deadline())
-        .await?;
-    let made = cache
-        .bump_generation_replacing(&[replacement(generation, b"a", b"b")], deadline())
-        .await?;
-    assert_eq!(made, vec![true]);
+    assert_eq!(
+        store_then_replace(&cache, generation, b"a", b"b").await?,
+        vec![true]
+    );
 
     server.stop().await;
     server.start().await?;
@@ -413,13 +410,10 @@ async fn after_a_restart_a_replacing_bump_reconnects_and_reloads_its_script() ->
     let CacheLookup::Miss(Some(generation)) = cache.lookup("k", deadline()).await? else {
         return Err("no generation after the restart".into());
     };
-    cache
-        .store("k", generation, Bytes::from_static(b"c"), deadline())
-        .await?;
-    let made = cache
-        .bump_generation_replacing(&[replacement(generation, b"c", b"d")], deadline())
-        .await?;
-    assert_eq!(made, vec![true]);
+    assert_eq!(
+        store_then_replace(&cache, generation, b"c", b"d").await?,
+        vec![true]
+    );
     assert_eq!(
         cache.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"d"))

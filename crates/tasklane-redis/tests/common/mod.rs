@@ -60,6 +60,23 @@ pub fn is_unavailable(r: &Result<impl std::fmt::Debug, CacheError>) -> bool {
     matches!(r, Err(CacheError::Unavailable(_)))
 }
 
+/// Stores `held` as entry `k` under `generation`, then bumps replacing it with `next`; answers
+/// which replacements were made.
+pub async fn store_then_replace(
+    cache: &RedisTaskCache,
+    generation: Generation,
+    held: &'static [u8],
+    next: &'static [u8],
+) -> Result<Vec<bool>, CacheError> {
+    use tasklane_domain::TaskCache;
+    cache
+        .store("k", generation, Bytes::from_static(held), deadline())
+        .await?;
+    cache
+        .bump_generation_replacing(&[replacement(generation, held, next)], deadline())
+        .await
+}
+
 /// A replacement of entry `k`: `held` under `expected`, to become `next`.
 pub fn replacement(expected: Generation, held: &'static [u8], next: &'static [u8]) -> Replacement {
     Replacement {
