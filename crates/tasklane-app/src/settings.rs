@@ -81,8 +81,9 @@ pub struct Settings {
     pub cache_local_bytes: usize,
     /// How long a lease on the generation lasts (0: none). While a process holds one, it
     /// serves its local copies without asking Redis, and every write waits until each lease
-    /// holder has taken in its bump or the lease has ended (docs/ARCHITECTURE.md, "Leases").
-    /// At most half of `cache_timeout_ms`; the same on every replica.
+    /// holder has taken in its bump or the lease has ended, past the cache budget if need be
+    /// (docs/ARCHITECTURE.md, "Leases"). At most half of `cache_timeout_ms`; the same on every
+    /// replica.
     pub cache_lease_ms: u64,
     /// Whether an update writes itself through into the cached unfiltered list pages (stored
     /// under the new generation in the same step as the bump) instead of leaving them to miss.

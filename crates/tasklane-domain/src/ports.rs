@@ -190,11 +190,24 @@ pub trait TaskCache: Send + Sync {
         deadline: Instant,
     ) -> Result<(), CacheError>;
 
-    /// Moves the generation on, so that no entry stored before is served again.
+    /// Moves the generation on, so that no entry stored before is served again. A write's
+    /// bump: a cache that fails calls fast while it seems unwell (a circuit breaker) still
+    /// tries this one within the deadline, since one not made leaves other replicas serving
+    /// what it invalidates.
     ///
     /// # Errors
     /// `Unavailable` when the cache cannot answer by the deadline.
     async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError>;
+
+    /// The bump this process owes after one failed, paid on a reader's time: as
+    /// [`TaskCache::bump_generation`], except that a cache that fails calls fast while it seems
+    /// unwell may fail this one fast too (the reader then reads the store).
+    ///
+    /// # Errors
+    /// `Unavailable` when the cache cannot answer by the deadline, or will not try.
+    async fn pay_owed_bump(&self, deadline: Instant) -> Result<(), CacheError> {
+        self.bump_generation(deadline).await
+    }
 
     /// Moves the generation on, as [`TaskCache::bump_generation`] does, and in the same atomic
     /// step (no lookup sees one without the other) stores each replacement's `value` under the

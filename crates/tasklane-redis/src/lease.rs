@@ -24,7 +24,8 @@
 //!   lost for one lease time, and every bump in that time waits it out: the registrations it
 //!   held may still be running.
 //! - A replica whose subscription breaks drops its lease at once (it may miss bumps until it
-//!   subscribes again); one that stops answering is waited for until its lease ends.
+//!   subscribes again); one that stops answering is waited for until its lease ends, past the
+//!   caller's deadline if need be (a bump that gave up on it would still be acknowledged).
 //!
 //! So a bump is acknowledged only after every lease that could let a replica serve the older
 //! generation has taken in the new one or ended, and a lookup that began after the
@@ -123,9 +124,9 @@ pub(crate) struct Holders {
     pub(crate) lost_ms: u64,
 }
 
-/// Why a bump could not be acknowledged in time.
+/// A bump named a lease running longer than this process's lease time (see [`Bump::wait`]).
 #[derive(Debug)]
-pub(crate) struct WaitTimedOut;
+pub(crate) struct LeaseTooLong;
 
 /// This process's side of the protocol: its lease, and the bumps waiting for acknowledgements.
 #[derive(Debug)]
@@ -427,29 +428,50 @@ impl Leases {
 
 impl Bump<'_> {
     /// Waits, after the bump's script answered at `answered`, until every other holder it named
-    /// has acknowledged it or its lease has ended, the registry's lost mark (if any) has passed,
-    /// and this process's lease knows it (`seen`, or its subscriber has read it); at most until
-    /// `deadline`.
+    /// has acknowledged it or its lease has ended, and the registry's lost mark (if any) has
+    /// passed; and, at most until `deadline`, until this process's lease knows it (`seen`, or
+    /// its subscriber has read it).
+    ///
+    /// The caller's deadline does not cut the wait for the other holders short: the write is
+    /// acknowledged once this returns, whatever it returns, and a holder that has not taken the
+    /// bump in may serve the older generation until its lease ends. No lease (and no lost mark)
+    /// runs longer than one lease time after the script ran, so the wait past `deadline` is at
+    /// most one lease time, which the settings keep within half of the cache's budget. (This
+    /// process's own subscriber being late is no reason to wait past the deadline: its lease is
+    /// dropped instead.)
     ///
     /// # Errors
-    /// `WaitTimedOut` when a holder's lease or the lost mark outlasts the deadline: then the
-    /// bump cannot be acknowledged as seen by every replica. (This process's own subscriber
-    /// being late is no such reason: its lease is dropped instead.)
+    /// `LeaseTooLong` when the script named a lease (or a lost mark) running longer than this
+    /// process's lease time: replicas with different lease times (or none here: then the
+    /// deadline is the bound). The wait stops at the bound, and the bump, already made, cannot
+    /// be vouched for.
     pub(crate) async fn wait(
         self,
         holders: Holders,
         seen: bool,
         answered: Instant,
         deadline: Instant,
-    ) -> Result<(), WaitTimedOut> {
+    ) -> Result<(), LeaseTooLong> {
         let leases = self.leases;
-        let lost_until = answered + Duration::from_millis(holders.lost_ms);
+        let bound = if leases.time.is_zero() {
+            deadline.max(answered)
+        } else {
+            answered + leases.time
+        };
+        let mut too_long = false;
+        let mut end = |ms: u64| {
+            let until = answered + Duration::from_millis(ms);
+            too_long |= until > bound;
+            until.min(bound)
+        };
+        let lost_until = end(holders.lost_ms);
         let mut pending: Vec<(String, Instant)> = holders
             .leases
             .into_iter()
-            .map(|(id, ms)| (id, answered + Duration::from_millis(ms)))
+            .map(|(id, ms)| (id, end(ms)))
             .collect();
-        let wants_seen = !seen && self.subscribed && !leases.time.is_zero();
+        let outcome = if too_long { Err(LeaseTooLong) } else { Ok(()) };
+        let mut wants_seen = !seen && self.subscribed && !leases.time.is_zero();
         loop {
             let now = Instant::now();
             let seen = {
@@ -460,26 +482,27 @@ impl Bump<'_> {
                 });
                 waiter.is_some_and(|w| w.seen)
             };
-            let seen = seen || !wants_seen || leases.state().epoch != self.epoch;
+            let mut seen = seen || !wants_seen || leases.state().epoch != self.epoch;
+            if !seen && now >= deadline {
+                // Our own subscriber is behind: our lease cannot vouch for the new generation,
+                // so it ends here.
+                leases.state().until = None;
+                wants_seen = false;
+                seen = true;
+            }
             if pending.is_empty() && now >= lost_until && seen {
-                return Ok(());
+                return outcome;
             }
-            if now >= deadline {
-                if pending.is_empty() && now >= lost_until {
-                    // Only our own subscriber is behind: our lease cannot vouch for the new
-                    // generation, so it ends here.
-                    leases.state().until = None;
-                    return Ok(());
-                }
-                return Err(WaitTimedOut);
-            }
-            let mut wake = deadline;
+            // Every time here is still ahead: the pending leases' ends (kept only while ahead),
+            // the lost mark's (only while ahead), and the deadline (only while not seen).
+            let mut wake = pending.iter().map(|(_, until)| *until).min();
             if now < lost_until {
-                wake = wake.min(lost_until);
+                wake = Some(wake.map_or(lost_until, |w| w.min(lost_until)));
             }
-            for (_, until) in &pending {
-                wake = wake.min(*until);
+            if !seen {
+                wake = Some(wake.map_or(deadline, |w| w.min(deadline)));
             }
+            let Some(wake) = wake else { return outcome };
             let _ = tokio::time::timeout_at(
                 tokio::time::Instant::from_std(wake),
                 self.notify.notified(),
@@ -786,35 +809,93 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_silent_holder_is_waited_for_until_its_lease_ends_or_the_deadline() {
-        let leases = leased(0);
+    async fn a_silent_holder_is_waited_for_until_its_lease_ends_even_past_the_deadline() {
+        let leases = leased(100);
         let answered = Instant::now();
         let holders = parse_holders(&["r1".to_owned(), "30".to_owned()], 0);
         leases
             .bump()
-            .wait(holders, false, answered, answered + Duration::from_secs(5))
+            .wait(holders, true, answered, answered + Duration::from_secs(5))
             .await
             .unwrap();
         assert!(answered.elapsed() >= Duration::from_millis(30));
+        // The deadline comes first: the write is acknowledged when the wait returns, so it
+        // returns when the lease has ended, not at the deadline.
+        let answered = Instant::now();
+        let holders = parse_holders(&["r1".to_owned(), "60".to_owned()], 0);
+        leases
+            .bump()
+            .wait(
+                holders,
+                true,
+                answered,
+                answered + Duration::from_millis(10),
+            )
+            .await
+            .unwrap();
+        assert!(answered.elapsed() >= Duration::from_millis(60));
+        // A lease longer than ours (another setting): waited for one lease time of ours, then
+        // the bump cannot be vouched for.
+        let answered = Instant::now();
         let holders = parse_holders(&["r1".to_owned(), "5000".to_owned()], 0);
-        let deadline = Instant::now() + Duration::from_millis(10);
         assert!(leases
             .bump()
-            .wait(holders, false, Instant::now(), deadline)
+            .wait(
+                holders,
+                true,
+                answered,
+                answered + Duration::from_millis(10)
+            )
             .await
             .is_err());
+        let waited = answered.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_secs(2));
+        // A process that takes no leases has no lease time to go by: the deadline bounds it.
+        let none = leased(0);
+        let answered = Instant::now();
+        let holders = parse_holders(&["r1".to_owned(), "5000".to_owned()], 0);
+        assert!(none
+            .bump()
+            .wait(
+                holders,
+                false,
+                answered,
+                answered + Duration::from_millis(10)
+            )
+            .await
+            .is_err());
+        assert!(answered.elapsed() < Duration::from_secs(2));
         // A lost registry is waited out the same way.
         let answered = Instant::now();
         leases
             .bump()
             .wait(
                 parse_holders(&[], 25),
-                false,
+                true,
                 answered,
-                answered + Duration::from_secs(5),
+                answered + Duration::from_millis(5),
             )
             .await
             .unwrap();
         assert!(answered.elapsed() >= Duration::from_millis(25));
+    }
+
+    #[tokio::test]
+    async fn a_late_own_subscriber_ends_the_lease_at_the_deadline() {
+        let leases = leased(1000);
+        take_lease(&leases, Instant::now(), 6);
+        let answered = Instant::now();
+        leases
+            .bump()
+            .wait(
+                Holders::default(),
+                false,
+                answered,
+                answered + Duration::from_millis(20),
+            )
+            .await
+            .unwrap();
+        assert!(answered.elapsed() >= Duration::from_millis(20));
+        assert!(leases.current(Instant::now()).is_none());
     }
 }

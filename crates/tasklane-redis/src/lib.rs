@@ -17,8 +17,10 @@
 //! read or written is kept as a local copy (see [`local`]), and then the round trip is a `GET
 //! gen` alone: the same check, without the page; or none at all while the process holds a lease
 //! on the generation (see [`lease`]), which every bump's writer waits on before it returns.
-//! Every call gives up at its deadline; a circuit breaker stops calling a Redis that keeps
-//! failing and probes it again after a cool-down.
+//! Every call gives up at its deadline (a bump's wait for lease holders may run up to one lease
+//! time past it); a circuit breaker stops calling a Redis that keeps failing and probes it again
+//! after a cool-down, except for a write's bump, which is always sent: one not made would leave
+//! other replicas serving what it invalidates.
 
 mod breaker;
 mod connection;
@@ -63,8 +65,8 @@ pub struct RedisSettings {
     pub local_copy_bytes: usize,
     /// How long a lease lasts (zero: this process takes none, and checks the generation in
     /// Redis on every hit); see [`lease`]. A bump may wait this long for a replica that stopped
-    /// answering, so it must be well within the callers' deadlines. Every replica must use the
-    /// same value.
+    /// answering, past the caller's deadline if need be, so it must be well within the callers'
+    /// deadlines. Every replica must use the same value.
     pub lease_time: Duration,
 }
 
@@ -138,10 +140,11 @@ pub enum RedisCacheError {
     /// Redis or the connection to it failed the command.
     #[error("the Redis command failed")]
     Command(#[source] RedisError),
-    /// A bump was made, but a replica's lease may outlast the deadline without taking it in;
-    /// see [`lease`].
-    #[error("a replica's lease outlasted the deadline of a bump")]
-    LeasesOutlastedDeadline,
+    /// A bump was made, but named a replica's lease running longer than this replica's lease
+    /// time (replicas with different lease times), so it may be served on past the wait; see
+    /// [`lease`].
+    #[error("a replica's lease runs longer than this replica's lease time")]
+    LeaseTooLong,
 }
 
 impl RedisCacheError {
@@ -149,11 +152,9 @@ impl RedisCacheError {
     /// makes no sense. Only these count as breaker failures.
     fn is_unavailable(&self) -> bool {
         match self {
-            Self::NoTimeLeft
-            | Self::Timeout
-            | Self::BreakerOpen
-            | Self::Connect(_)
-            | Self::LeasesOutlastedDeadline => true,
+            Self::NoTimeLeft | Self::Timeout | Self::BreakerOpen | Self::Connect(_) => true,
+            // A setting that differs between replicas, not Redis being unwell.
+            Self::LeaseTooLong => false,
             Self::Command(e) => {
                 connection_broken(e) || matches!(e.retry_method(), RetryMethod::WaitAndRetry)
             }
@@ -182,6 +183,15 @@ fn connection_broken(e: &RedisError) -> bool {
 
 /// The reply to `MGET gen entry`.
 type MgetReply = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// Whether an open breaker fails a call fast.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Lookups, stores and the rest: an open breaker fails them at once.
+    ThroughBreaker,
+    /// A write's bump: sent whatever the breaker says (its outcome still counts).
+    Always,
+}
 
 /// A command or a pipeline, to run on a connection.
 #[derive(Clone, Copy)]
@@ -436,12 +446,23 @@ impl RedisTaskCache {
         req: Request<'_>,
         deadline: Instant,
     ) -> Result<T, RedisCacheError> {
+        self.call_admitted(req, Admit::ThroughBreaker, deadline)
+            .await
+    }
+
+    /// [`Self::call`], with `admit` saying whether an open breaker fails it fast.
+    async fn call_admitted<T: FromRedisValue>(
+        &self,
+        req: Request<'_>,
+        admit: Admit,
+        deadline: Instant,
+    ) -> Result<T, RedisCacheError> {
         let deadline = tokio::time::Instant::from_std(deadline);
         if deadline <= tokio::time::Instant::now() {
             // The caller's budget is spent: not Redis's fault, so not a breaker failure.
             return Err(RedisCacheError::NoTimeLeft);
         }
-        if self.breaker.admit() == Admission::Reject {
+        if admit == Admit::ThroughBreaker && self.breaker.admit() == Admission::Reject {
             return Err(RedisCacheError::BreakerOpen);
         }
         let mut used = None;
@@ -506,11 +527,12 @@ impl RedisTaskCache {
     /// Runs `script` with the keys and arguments `args` adds (their count first): as `EVALSHA`
     /// once Redis has told its SHA1 (`SCRIPT LOAD` first otherwise), and as `EVAL` when Redis
     /// no longer has it (restarted, or its scripts flushed). `ordered` sends it on the ordered
-    /// connection.
+    /// connection; `admit` says whether an open breaker fails it fast.
     async fn eval<T: FromRedisValue>(
         &self,
         script: &Script,
         ordered: bool,
+        admit: Admit,
         args: impl Fn(&mut redis::Cmd),
         deadline: Instant,
     ) -> Result<T, RedisCacheError> {
@@ -519,7 +541,9 @@ impl RedisTaskCache {
             None => {
                 let mut load = redis::cmd("SCRIPT");
                 load.arg("LOAD").arg(script.source);
-                let sha: String = self.call(Request::Cmd(&load), deadline).await?;
+                let sha: String = self
+                    .call_admitted(Request::Cmd(&load), admit, deadline)
+                    .await?;
                 script.set_sha(sha.clone());
                 sha
             }
@@ -538,12 +562,12 @@ impl RedisTaskCache {
             }
         };
         let cmd = build("EVALSHA", &sha);
-        let reply = self.call(send(&cmd), deadline).await;
+        let reply = self.call_admitted(send(&cmd), admit, deadline).await;
         if matches!(&reply, Err(RedisCacheError::Command(e))
             if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript))
         {
             let cmd = build("EVAL", script.source);
-            return self.call(send(&cmd), deadline).await;
+            return self.call_admitted(send(&cmd), admit, deadline).await;
         }
         reply
     }
@@ -565,6 +589,7 @@ impl RedisTaskCache {
         self.eval::<i64>(
             &self.seed_script,
             false,
+            Admit::ThroughBreaker,
             |cmd| {
                 cmd.arg(1)
                     .arg(self.keys.generation())
@@ -600,6 +625,7 @@ impl RedisTaskCache {
                     .eval(
                         &self.lease_script,
                         false,
+                        Admit::ThroughBreaker,
                         |cmd| {
                             cmd.arg(2)
                                 .arg(self.keys.generation())
@@ -712,6 +738,7 @@ impl RedisTaskCache {
     async fn bump_inner(
         &self,
         replacements: &[Replacement],
+        admit: Admit,
         deadline: Instant,
     ) -> Result<Vec<bool>, RedisCacheError> {
         self.ensure_subscriber();
@@ -723,6 +750,7 @@ impl RedisTaskCache {
             .eval::<(Vec<u8>, Vec<i64>, i64, i64, Vec<String>)>(
                 &self.bump_script,
                 !replacements.is_empty(),
+                admit,
                 |cmd| self.bump_args(cmd, seq, replacements),
                 deadline,
             )
@@ -751,7 +779,7 @@ impl RedisTaskCache {
                     deadline,
                 )
                 .await
-                .map_err(|lease::WaitTimedOut| RedisCacheError::LeasesOutlastedDeadline)?;
+                .map_err(|lease::LeaseTooLong| RedisCacheError::LeaseTooLong)?;
                 Ok(made)
             }
             Err(e) if !e.is_unavailable() => {
@@ -761,12 +789,9 @@ impl RedisTaskCache {
                 tracing::warn!(error = %e, "could not increment the cache generation; replacing it");
                 self.seed_generation(false, deadline).await?;
                 // The reset ends every lease, but no replica acknowledges one: wait until every
-                // lease that may not have read it has ended.
-                let waited = Instant::now() + self.leases.time;
-                if waited > deadline {
-                    return Err(RedisCacheError::LeasesOutlastedDeadline);
-                }
-                tokio::time::sleep_until(tokio::time::Instant::from_std(waited)).await;
+                // lease that may not have read it has ended, past the deadline if need be (at
+                // most one lease time, as for any bump: see `lease::Bump::wait`).
+                tokio::time::sleep(self.leases.time).await;
                 Ok(vec![false; replacements.len()])
             }
             Err(e) => Err(e),
@@ -818,8 +843,20 @@ impl TaskCache for RedisTaskCache {
         Ok(self.store_inner(key, generation, &value, deadline).await?)
     }
 
+    // A write's bump is sent even while the breaker fails other calls fast: one not made
+    // leaves a debt, and other replicas may serve what it invalidates until it is paid. (An
+    // open breaker can be this process's own doing, a stall that made lookups late, while Redis
+    // answers the other replicas.) Its outcome still counts for the breaker.
     async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError> {
-        self.bump_inner(&[], deadline).await?;
+        self.bump_inner(&[], Admit::Always, deadline).await?;
+        Ok(())
+    }
+
+    /// Through the breaker: a reader paying a debt reads the store instead of waiting on a
+    /// Redis that is failing.
+    async fn pay_owed_bump(&self, deadline: Instant) -> Result<(), CacheError> {
+        self.bump_inner(&[], Admit::ThroughBreaker, deadline)
+            .await?;
         Ok(())
     }
 
@@ -828,7 +865,9 @@ impl TaskCache for RedisTaskCache {
         replacements: &[Replacement],
         deadline: Instant,
     ) -> Result<Vec<bool>, CacheError> {
-        Ok(self.bump_inner(replacements, deadline).await?)
+        Ok(self
+            .bump_inner(replacements, Admit::Always, deadline)
+            .await?)
     }
 
     async fn ping(&self, deadline: Instant) -> Result<(), CacheError> {

@@ -227,6 +227,69 @@ async fn the_breaker_opens_fails_fast_probes_and_closes() -> TestResult {
     Ok(())
 }
 
+/// The generation on the private server (the one cache's `{prefix}:gen`).
+async fn server_generation(
+    server: &RedisServer,
+) -> Result<Option<String>, Box<dyn std::error::Error>> {
+    let mut conn = raw(&server.url()).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*:gen")
+        .query_async(&mut conn)
+        .await?;
+    let Some(key) = keys.first() else {
+        return Ok(None);
+    };
+    Ok(redis::cmd("GET").arg(key).query_async(&mut conn).await?)
+}
+
+/// An open breaker fails lookups fast, but not a write's bump: one not made would leave a debt,
+/// and other replicas serving what it invalidates. The breaker may be open because this process
+/// stalled while Redis kept answering the others. A reader's payment of a debt still fails fast.
+#[tokio::test]
+async fn a_write_s_bump_is_sent_while_the_breaker_is_open() -> TestResult {
+    let server = RedisServer::spawn().await?;
+    let cache = cache_with_breaker(&server, 3, Duration::from_secs(30))?;
+    cache.bump_generation(deadline()).await?;
+    server.pause()?;
+    for _ in 0..3 {
+        let _ = cache.lookup("k", budget_deadline()).await;
+    }
+    assert_eq!(cache.breaker_state(), BreakerState::Open);
+
+    // Still hung: the bump goes to Redis and times out (it is not failed fast).
+    let started = Instant::now();
+    let e = cache.bump_generation(budget_deadline()).await.err();
+    assert!(
+        matches!(e.as_ref().and_then(cause), Some(RedisCacheError::Timeout)),
+        "{e:?}"
+    );
+    assert!(started.elapsed() >= BUDGET - Duration::from_millis(10));
+
+    // Redis answers again, the breaker is still open: a debt's payment fails fast...
+    server.resume()?;
+    let before = server_generation(&server).await?;
+    let e = cache.pay_owed_bump(budget_deadline()).await.err();
+    assert!(
+        matches!(
+            e.as_ref().and_then(cause),
+            Some(RedisCacheError::BreakerOpen)
+        ),
+        "{e:?}"
+    );
+    assert_eq!(server_generation(&server).await?, before);
+    assert_eq!(cache.breaker_state(), BreakerState::Open);
+
+    // ...and a write's bump is made; Redis answered, so the breaker closes.
+    cache.bump_generation(deadline()).await?;
+    assert_ne!(server_generation(&server).await?, before);
+    assert_eq!(cache.breaker_state(), BreakerState::Closed);
+    assert!(matches!(
+        cache.lookup("k", deadline()).await?,
+        CacheLookup::Miss(_)
+    ));
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_breaker_recovers_from_a_killed_and_restarted_redis() -> TestResult {
     let mut server = RedisServer::spawn().await?;

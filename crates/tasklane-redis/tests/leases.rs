@@ -9,6 +9,7 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::{Duration, Instant};
 use tasklane_domain::{CacheLookup, Generation, Replacement, TaskCache};
 use tasklane_redis::{RedisCacheError, RedisTaskCache};
+use tasklane_testkit::proxy::{FaultProxy, Mode};
 use tasklane_testkit::redis::{delete_prefix, shared_redis_url, unique_prefix, RedisServer};
 
 type Error = Box<dyn std::error::Error>;
@@ -141,8 +142,11 @@ async fn a_bump_returns_only_after_every_lease_holder_took_it_in() -> TestResult
 
 #[tokio::test]
 async fn a_holder_that_does_not_answer_is_waited_for_until_its_lease_ends() -> TestResult {
+    const LEASE: Duration = Duration::from_millis(400);
     let prefix = unique_prefix();
-    let writer = cache(shared_redis_url(), prefix.clone())?;
+    let mut s = settings(shared_redis_url(), prefix.clone());
+    s.lease_time = LEASE;
+    let writer = RedisTaskCache::new(s)?;
     writer.bump_generation(deadline()).await?;
     let mut conn = raw(&shared_redis_url()).await?;
     let registry = format!("{prefix}:leases");
@@ -165,21 +169,79 @@ async fn a_holder_that_does_not_answer_is_waited_for_until_its_lease_ends() -> T
     let ghost: Option<String> = conn.hget(&registry, "ghost").await?;
     assert_eq!(ghost, None);
 
-    // A lease that would outlast the caller's deadline: the bump is made, but cannot be
-    // acknowledged as seen, so it fails as unavailable (the caller then owes a bump).
+    // A lease running longer than the writer's lease time (a replica with another setting):
+    // the bump is made and waited on for one lease time, but cannot be vouched for, so it
+    // fails (the caller then owes a bump) instead of waiting 10 s.
     let now = redis_now_ms(&mut conn).await?;
     let () = conn.hset(&registry, "ghost", now + 10_000).await?;
     let before = generation(&writer).await?;
+    let start = Instant::now();
     let e = writer
-        .bump_generation(Instant::now() + Duration::from_millis(100))
+        .bump_generation(deadline())
         .await
         .err()
-        .ok_or("the bump returned while a lease was still running")?;
+        .ok_or("the bump returned as seen while a longer lease was still running")?;
+    let waited = start.elapsed();
     assert!(
-        matches!(cause(&e), Some(RedisCacheError::LeasesOutlastedDeadline)),
+        matches!(cause(&e), Some(RedisCacheError::LeaseTooLong)),
         "{e:?}"
     );
+    assert!(
+        waited >= LEASE && waited < Duration::from_secs(2),
+        "returned after {waited:?}"
+    );
     assert_ne!(generation(&writer).await?, before);
+    delete_prefix(&shared_redis_url(), &prefix).await?;
+    Ok(())
+}
+
+/// The caller's deadline does not end the wait for a holder: the write is acknowledged when the
+/// bump returns, so returning while a holder may still serve its old copy would let a read that
+/// begins after the acknowledgement miss the write. Here the holder's subscriber is slower than
+/// the writer's deadline (its connection is 200 ms late each way); the bump returns once the
+/// holder's lease has ended, a little past the deadline.
+#[tokio::test]
+async fn a_holder_slower_than_the_deadline_is_waited_for_past_it() -> TestResult {
+    const LEASE: Duration = Duration::from_millis(300);
+    let prefix = unique_prefix();
+    let redis_addr = shared_redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()?;
+    let proxy = FaultProxy::start(redis_addr)?;
+    let mut s = settings(shared_redis_url(), prefix.clone());
+    s.lease_time = LEASE;
+    let writer = RedisTaskCache::new(s.clone())?;
+    s.url = format!("redis://127.0.0.1:{}", proxy.port());
+    let holder = RedisTaskCache::new(s)?;
+    writer.bump_generation(deadline()).await?;
+
+    for round in 0..3 {
+        let (_, old) = leased_page(&holder, &format!("old {round}")).await?;
+        proxy.set_mode(Mode::Latency(Duration::from_millis(200)));
+        let start = Instant::now();
+        // The write is acknowledged once this returns, whatever it returns (a failed bump is
+        // owed, and acknowledged all the same).
+        let bumped = writer
+            .bump_generation(Instant::now() + Duration::from_millis(50))
+            .await;
+        let returned = start.elapsed();
+        // So the holder must not serve its old copy now.
+        let read = holder
+            .lookup("k", Instant::now() + Duration::from_secs(5))
+            .await?;
+        assert_ne!(
+            read,
+            CacheLookup::Hit(Bytes::from(old)),
+            "round {round}: the holder served its old copy after the bump returned at {returned:?}"
+        );
+        bumped?;
+        assert!(
+            returned <= LEASE + Duration::from_millis(200),
+            "round {round}: returned after {returned:?}"
+        );
+        proxy.set_mode(Mode::Pass);
+    }
     delete_prefix(&shared_redis_url(), &prefix).await?;
     Ok(())
 }

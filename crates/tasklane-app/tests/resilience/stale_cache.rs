@@ -120,9 +120,13 @@ impl Race {
         })
     }
 
-    /// A reader: notes what was acknowledged, reads the list through `app`, records what the
-    /// list does not show, pauses `pause`, and again.
-    fn reader(self: &Arc<Self>, app: &Arc<App>, pause: Duration) -> JoinHandle<()> {
+    /// A reader: notes what was acknowledged, reads the list through `app` (`name` in reports),
+    /// records what the list does not show, pauses `pause`, and again.
+    fn reader(
+        self: &Arc<Self>,
+        (name, app): (&'static str, &Arc<App>),
+        pause: Duration,
+    ) -> JoinHandle<()> {
         let (race, app) = (Arc::clone(self), Arc::clone(app));
         tokio::spawn(async move {
             let client = crate::harness::client();
@@ -145,7 +149,7 @@ impl Race {
                     race.stale_count.fetch_add(1, Ordering::SeqCst);
                     let mut stale = race.stale.lock().unwrap();
                     if stale.len() < 10 {
-                        stale.push(format!("{problem} at {:?}", race.rec.now()));
+                        stale.push(format!("{problem} at {:?} from {name}", race.rec.now()));
                     }
                 }
                 if !pause.is_zero() {
@@ -291,8 +295,12 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     for r in 0..READERS {
         // Most readers on the replica with copies: they are what a missed invalidation would
         // make stale.
-        let app = if r % 4 == 3 { &peer } else { &app };
-        tasks.push(race.reader(app, READ_PAUSE));
+        let replica = if r % 4 == 3 {
+            ("peer", &peer)
+        } else {
+            ("app", &app)
+        };
+        tasks.push(race.reader(replica, READ_PAUSE));
     }
     for t in tasks {
         t.await.unwrap();
@@ -604,7 +612,12 @@ async fn write_through_race_between_two_replicas() {
         tasks.push(race.writer(if i % 2 == 0 { &app } else { &peer }, i, *id, 0));
     }
     for r in 0..READERS {
-        tasks.push(race.reader(if r % 2 == 0 { &app } else { &peer }, Duration::ZERO));
+        let replica = if r % 2 == 0 {
+            ("app", &app)
+        } else {
+            ("peer", &peer)
+        };
+        tasks.push(race.reader(replica, Duration::ZERO));
     }
     for t in tasks {
         t.await.unwrap();
