@@ -132,6 +132,11 @@ impl Metrics {
                 "List pages an update was written through into (stored under the new generation with its bump)",
                 &stats.replaced,
             ),
+            (
+                "shared_bumps",
+                "Writes whose generation bump was made by another write that finished at the same time (one bump, sent after both committed)",
+                &stats.shared_bumps,
+            ),
         ] {
             let _ = writeln!(
                 text,

@@ -1,6 +1,7 @@
 //! Tasklane's domain: tasks and their value types, the ports the adapters implement, and the
 //! service that implements the use cases on top of them. This crate does no I/O.
 
+mod bumps;
 mod idempotency;
 mod ports;
 mod query;

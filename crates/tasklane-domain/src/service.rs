@@ -24,6 +24,7 @@
 //! itself through into the unfiltered pages this process has read: the cache stores their next
 //! version in the same step as the bump, so their readers keep hitting (see `write_through`).
 
+use crate::bumps::{Bumps, Turn, Waited};
 use crate::idempotency::{Idempotency, IdempotencyKey, IDEMPOTENCY_KEY_TTL};
 use crate::ports::{
     BoxError, CacheError, CacheLookup, Created, Generation, RepoError, TaskCache, TaskRepository,
@@ -96,6 +97,8 @@ pub struct CacheStats {
     pub errors: AtomicU64,
     /// Updates written through into a cached list page (one per page replaced).
     pub replaced: AtomicU64,
+    /// Writes whose bump was made by another write of the same group (see `bumps.rs`).
+    pub shared_bumps: AtomicU64,
 }
 
 /// The task use cases.
@@ -114,6 +117,8 @@ pub struct TaskService {
     renderer: Option<ListRenderer>,
     /// The unfiltered pages updates are written through into.
     heads: Heads,
+    /// The writes waiting for the bump on its way, to share the next one.
+    bumps: Bumps<Option<Task>>,
 }
 
 /// A key of [`TaskService::in_flight`], released when dropped: when the create returns, fails,
@@ -335,6 +340,7 @@ impl TaskService {
             flights: Flights::default(),
             renderer: None,
             heads: Heads::default(),
+            bumps: Bumps::default(),
         }
     }
 
@@ -530,42 +536,70 @@ impl TaskService {
                 | RepoError::IdempotencyKeyReused
                 | RepoError::IdempotencyKeyInFlight)
         );
-        let Some(cache) = &self.cache else { return };
-        if !maybe_written {
-            return;
-        }
-        let deadline = Instant::now() + self.cache_budget;
-        let owed = self.debt.load(Ordering::SeqCst);
-        let bumped = cache.bump_generation(deadline).await;
-        // Moved on without replacements (or maybe not at all): no head can be replaced now.
-        self.heads.clear();
-        match bumped {
-            // This bump came after every write whose bump had failed before it was sent: it
-            // pays for them too (a failure recorded meanwhile keeps the debt).
-            Ok(()) if owed > 0 => self.clear_debt(owed),
-            Ok(()) => {}
-            Err(e) => {
-                self.debt.fetch_add(1, Ordering::SeqCst);
-                self.cache_failed("bump_generation (owed until the cache answers)", &e);
-            }
+        if maybe_written {
+            self.bump_after(None).await;
         }
     }
 
     /// After an update the store made: the bump, with the heads' next pages written through.
     async fn after_update(&self, task: &Task) {
+        self.bump_after(Some(task.clone())).await;
+    }
+
+    /// The bump after a write (`Some(task)`: an update the store made; `None`: any other), made
+    /// together with the writes of this process that finish while another bump is on its way
+    /// (`bumps.rs`): one bump, sent after all of them committed, covers each.
+    async fn bump_after(&self, change: Option<Task>) {
         let Some(cache) = &self.cache else { return };
-        let replacements = match &self.renderer {
+        let group = match self.bumps.join(change.clone()) {
+            Turn::Lead(group) => group,
+            Turn::Wait(wait) => match wait.await {
+                Waited::Done => return,
+                Waited::Lead(group) => group,
+                // The leader went away before its bump was made.
+                Waited::Orphaned => return self.bump(cache.as_ref(), &[change.as_ref()]).await,
+            },
+        };
+        let changes: Vec<Option<&Task>> = group.changes().map(Option::as_ref).collect();
+        if changes.len() > 1 {
+            self.stats
+                .shared_bumps
+                .fetch_add(changes.len() as u64 - 1, Ordering::Relaxed);
+        }
+        self.bump(cache.as_ref(), &changes).await;
+        group.finish();
+    }
+
+    /// One bump covering the writes `changes` (`Some`: an update the store made). If all are
+    /// updates and nothing is owed, it writes the heads' next pages through; else it is plain.
+    async fn bump(&self, cache: &dyn TaskCache, changes: &[Option<&Task>]) {
+        let updates: Option<Vec<&Task>> = changes.iter().copied().collect();
+        let replacements = match (&self.renderer, updates) {
             // An owed bump means a write this process acknowledged may be missing from the
             // heads; the plain bump below leaves the pages to miss.
-            Some(render) if self.debt.load(Ordering::SeqCst) == 0 => {
-                self.heads.advance(task, render)
+            (Some(render), Some(tasks)) if self.debt.load(Ordering::SeqCst) == 0 => {
+                self.heads.advance(&tasks, render)
             }
             _ => Vec::new(),
         };
-        if replacements.is_empty() {
-            return self.after_write(&Ok::<(), RepoError>(())).await;
-        }
         let deadline = Instant::now() + self.cache_budget;
+        if replacements.is_empty() {
+            let owed = self.debt.load(Ordering::SeqCst);
+            let bumped = cache.bump_generation(deadline).await;
+            // Moved on without replacements (or maybe not at all): no head can be replaced now.
+            self.heads.clear();
+            match bumped {
+                // This bump came after every write whose bump had failed before it was sent: it
+                // pays for them too (a failure recorded meanwhile keeps the debt).
+                Ok(()) if owed > 0 => self.clear_debt(owed),
+                Ok(()) => {}
+                Err(e) => {
+                    self.debt.fetch_add(1, Ordering::SeqCst);
+                    self.cache_failed("bump_generation (owed until the cache answers)", &e);
+                }
+            }
+            return;
+        }
         match cache
             .bump_generation_replacing(&replacements, deadline)
             .await
@@ -1182,6 +1216,125 @@ mod tests {
             Err(ServiceError::Unavailable(_))
         ));
         assert!(svc.create(new_task(), Some(key("k"))).await.is_ok());
+    }
+
+    /// A cache whose bumps wait until the test hands out a permit, and which records what each
+    /// bump replaced; lookups miss under generation 7.
+    struct GatedCache {
+        gate: Semaphore,
+        bumps: Mutex<Vec<Vec<Replacement>>>,
+    }
+
+    impl GatedCache {
+        async fn until_bumps(&self, n: usize) {
+            while lock(&self.bumps).len() < n {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+
+    #[async_trait]
+    impl TaskCache for GatedCache {
+        async fn lookup(&self, _key: &str, _deadline: Instant) -> Result<CacheLookup, CacheError> {
+            Ok(CacheLookup::Miss(Some(Generation(7))))
+        }
+        async fn store(
+            &self,
+            _key: &str,
+            _generation: Generation,
+            _value: Bytes,
+            _deadline: Instant,
+        ) -> Result<(), CacheError> {
+            Ok(())
+        }
+        async fn bump_generation(&self, deadline: Instant) -> Result<(), CacheError> {
+            self.bump_generation_replacing(&[], deadline).await?;
+            Ok(())
+        }
+        async fn bump_generation_replacing(
+            &self,
+            replacements: &[Replacement],
+            _deadline: Instant,
+        ) -> Result<Vec<bool>, CacheError> {
+            lock(&self.bumps).push(replacements.to_vec());
+            self.gate
+                .acquire()
+                .await
+                .map_err(|e| CacheError::Unexpected(Box::new(e)))?
+                .forget();
+            Ok(vec![true; replacements.len()])
+        }
+        async fn ping(&self, _deadline: Instant) -> Result<(), CacheError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn updates_that_finish_during_a_bump_share_the_next_one_and_wait_for_it() {
+        let versions = Arc::new(AtomicU64::new(1));
+        let mut repo = MockTaskRepository::new();
+        repo.expect_list()
+            .returning(|q| Ok(Page::from_rows(vec![task(2), task(1)], q.limit)));
+        repo.expect_update().returning({
+            let versions = Arc::clone(&versions);
+            move |id, _, _| {
+                let v = versions.fetch_add(1, Ordering::SeqCst) as i64 + 1;
+                Ok(updated(id.get(), v, &format!("u{v}")))
+            }
+        });
+        let cache = Arc::new(GatedCache {
+            gate: Semaphore::new(0),
+            bumps: Mutex::new(Vec::new()),
+        });
+        let svc = Arc::new(
+            TaskService::new(
+                Arc::new(repo),
+                Some(Arc::clone(&cache) as Arc<dyn TaskCache>),
+                Duration::from_millis(100),
+            )
+            .with_list_renderer(Arc::new(render_rows)),
+        );
+        read_default_list(&svc).await;
+        let spawn_update = |id: i64| {
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move { update(&svc, id).await })
+        };
+
+        // The first update's bump is on its way (held at the gate)...
+        let first = spawn_update(1);
+        cache.until_bumps(1).await;
+        // ...while two more updates finish: they wait, and send nothing yet.
+        let second = spawn_update(2);
+        let third = spawn_update(1);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(lock(&cache.bumps).len(), 1);
+        assert!(!second.is_finished() && !third.is_finished());
+
+        // The first bump is made: its update returns, and the two share the next bump, which
+        // writes both through into the page the first one made.
+        cache.gate.add_permits(1);
+        first.await.unwrap_or_else(|_| unreachable!());
+        cache.until_bumps(2).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!second.is_finished() && !third.is_finished());
+        cache.gate.add_permits(1);
+        second.await.unwrap_or_else(|_| unreachable!());
+        third.await.unwrap_or_else(|_| unreachable!());
+
+        let bumps = lock(&cache.bumps).clone();
+        assert_eq!(bumps.len(), 2, "{bumps:?}");
+        assert_eq!(bumps[0][0].expected_generation, Generation(7));
+        assert_eq!(bumps[0][0].value, Bytes::from_static(b"t2@1,u2@2"));
+        assert_eq!(bumps[1][0].expected_generation, Generation(8));
+        assert_eq!(bumps[1][0].expected_value, bumps[0][0].value);
+        // Task 2's update and task 1's newer one, whichever order they reached the store in.
+        let second_page = std::str::from_utf8(&bumps[1][0].value).unwrap_or_default();
+        assert!(
+            second_page == "u3@3,u4@4" || second_page == "u4@4,u3@3",
+            "{second_page}"
+        );
+        assert_eq!(svc.cache_stats().shared_bumps.load(Ordering::Relaxed), 1);
+        assert_eq!(svc.cache_stats().replaced.load(Ordering::Relaxed), 2);
     }
 
     /// A store whose creates and lists wait until the test hands out a permit.

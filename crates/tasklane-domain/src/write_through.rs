@@ -75,13 +75,15 @@ pub(crate) fn can_write_through(query: &ListQuery) -> bool {
     query.status.is_none() && query.search.is_none()
 }
 
-/// The page after `task`'s update: its row replaced, unless the page holds a newer version of it
-/// already or does not hold it at all (then the page is unchanged).
-fn patched(page: &Page, task: &Task) -> Page {
+/// The page after the updates `tasks`: each one's row replaced, unless the page holds a newer
+/// version of it already (or a newer update among `tasks`) or does not hold it at all.
+fn patched(page: &Page, tasks: &[&Task]) -> Page {
     let mut next = page.clone();
-    if let Some(row) = next.tasks.iter_mut().find(|t| t.id == task.id) {
-        if row.version < task.version {
-            *row = task.clone();
+    for task in tasks {
+        if let Some(row) = next.tasks.iter_mut().find(|t| t.id == task.id) {
+            if row.version < task.version {
+                *row = (*task).clone();
+            }
         }
     }
     next
@@ -139,16 +141,17 @@ impl Heads {
         );
     }
 
-    /// The replacements for `task`'s update, one per head; each head moves on to the page it
-    /// replaces with, one generation on (speculatively: see [`Heads::refused`]).
-    pub(crate) fn advance(&self, task: &Task, render: &ListRenderer) -> Vec<Replacement> {
+    /// The replacements for the updates `tasks` (covered by one bump), one per head; each head
+    /// moves on to the page it replaces with, one generation on (speculatively: see
+    /// [`Heads::refused`]).
+    pub(crate) fn advance(&self, tasks: &[&Task], render: &ListRenderer) -> Vec<Replacement> {
         let mut inner = self.lock();
         let mut replacements = Vec::with_capacity(inner.heads.len());
         for (key, head) in &mut inner.heads {
             let Some(next_generation) = head.generation.0.checked_add(1).map(Generation) else {
                 continue;
             };
-            let page = patched(&head.page, task);
+            let page = patched(&head.page, tasks);
             let bytes = render(&head.query, &page);
             replacements.push(Replacement {
                 key: key.clone(),
@@ -276,7 +279,7 @@ mod tests {
     #[test]
     fn an_update_replaces_its_row_and_moves_the_head_one_generation_on() {
         let heads = recorded("k", 7, vec![task(2, 1, "b"), task(1, 1, "a")]);
-        let r = heads.advance(&task(1, 2, "A"), &renderer());
+        let r = heads.advance(&[&task(1, 2, "A")], &renderer());
         assert_eq!(
             r,
             vec![Replacement {
@@ -288,18 +291,33 @@ mod tests {
         );
         assert_eq!(heads.generations(), vec![("k".into(), Generation(8))]);
         // The next update builds on the page this one made.
-        let r = heads.advance(&task(2, 5, "B"), &renderer());
+        let r = heads.advance(&[&task(2, 5, "B")], &renderer());
         assert_eq!(r[0].expected_generation, Generation(8));
         assert_eq!(r[0].expected_value, Bytes::from("b@1,A@2"));
         assert_eq!(r[0].value, Bytes::from("B@5,A@2"));
     }
 
     #[test]
+    fn updates_sharing_a_bump_are_all_in_its_page_and_the_newest_version_wins() {
+        let heads = recorded("k", 7, vec![task(2, 1, "b"), task(1, 1, "a")]);
+        // In the order their writes joined: task 1's two updates (combined in one UPDATE, say)
+        // in either order, and task 2's.
+        let r = heads.advance(
+            &[&task(1, 3, "A3"), &task(2, 2, "B"), &task(1, 2, "A2")],
+            &renderer(),
+        );
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].expected_generation, Generation(7));
+        assert_eq!(r[0].value, Bytes::from("B@2,A3@3"));
+        assert_eq!(heads.generations(), vec![("k".into(), Generation(8))]);
+    }
+
+    #[test]
     fn a_task_not_on_the_page_or_older_than_its_row_leaves_the_page_as_it_is() {
         let heads = recorded("k", 7, vec![task(2, 3, "b")]);
-        let r = heads.advance(&task(9, 2, "x"), &renderer());
+        let r = heads.advance(&[&task(9, 2, "x")], &renderer());
         assert_eq!(r[0].value, Bytes::from("b@3"));
-        let r = heads.advance(&task(2, 2, "older"), &renderer());
+        let r = heads.advance(&[&task(2, 2, "older")], &renderer());
         assert_eq!(r[0].value, Bytes::from("b@3"));
         assert_eq!(r[0].expected_generation, Generation(8));
     }
@@ -307,8 +325,8 @@ mod tests {
     #[test]
     fn a_refused_replacement_drops_its_head_unless_another_moved_it_on() {
         let heads = recorded("k", 7, vec![task(1, 1, "a")]);
-        let first = heads.advance(&task(1, 2, "a"), &renderer()).remove(0);
-        let second = heads.advance(&task(1, 3, "a"), &renderer()).remove(0);
+        let first = heads.advance(&[&task(1, 2, "a")], &renderer()).remove(0);
+        let second = heads.advance(&[&task(1, 3, "a")], &renderer()).remove(0);
         heads.refused(&first);
         assert_eq!(heads.generations(), vec![("k".into(), Generation(9))]);
         heads.refused(&second);
