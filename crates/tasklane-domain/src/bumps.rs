@@ -128,26 +128,32 @@ impl<C> Bumps<C> {
         })
     }
 
-    /// The group on its way has ended: the writes waiting are the next group, led by the first
-    /// of them whose writer is still there; none waiting (or none still there): not busy.
+    /// The group on its way has ended: the writes waiting are the next group.
     fn hand_off(&self) {
-        let waker = {
-            let mut queue = lock(&self.queue);
-            let Some(first) = queue.waiting.iter().position(is_queued) else {
-                queue.busy = false;
-                return;
-            };
-            let group = std::mem::take(&mut queue.waiting);
-            let ticket = Arc::clone(&group[first].ticket);
-            let mut state = lock(&ticket.state);
-            match std::mem::replace(&mut *state, TicketState::Lead(group)) {
-                TicketState::Queued(waker) => waker,
-                _ => None,
-            }
-        };
+        let waker = next_group(&mut lock(&self.queue));
         if let Some(waker) = waker {
             waker.wake();
         }
+    }
+}
+
+/// Makes the writes waiting the next group, led by the first of them whose writer is still
+/// there, and answers the waker to wake; none waiting (or none still there): not busy.
+fn next_group<C>(queue: &mut Queue<C>) -> Option<Waker> {
+    let Some(first) = queue.waiting.iter().position(is_queued) else {
+        queue.busy = false;
+        return None;
+    };
+    choose(std::mem::take(&mut queue.waiting), first)
+}
+
+/// Makes `group[leader]` lead `group`; answers its waker.
+fn choose<C>(group: Vec<Member<C>>, leader: usize) -> Option<Waker> {
+    let ticket = Arc::clone(&group[leader].ticket);
+    let mut state = lock(&ticket.state);
+    match std::mem::replace(&mut *state, TicketState::Lead(group)) {
+        TicketState::Queued(waker) => waker,
+        _ => None,
     }
 }
 
@@ -256,26 +262,11 @@ impl<C> Drop for Wait<'_, C> {
             // Chosen to lead and gone before it started: another member leads, or the group
             // goes back to the front of the queue for the next writer.
             if let Some(next) = group.iter().position(is_queued) {
-                let ticket = Arc::clone(&group[next].ticket);
-                let mut state = lock(&ticket.state);
-                match std::mem::replace(&mut *state, TicketState::Lead(group)) {
-                    TicketState::Queued(waker) => waker,
-                    _ => None,
-                }
+                choose(group, next)
             } else {
                 group.append(&mut queue.waiting);
                 queue.waiting = group;
-                let Some(first) = queue.waiting.iter().position(is_queued) else {
-                    queue.busy = false;
-                    return;
-                };
-                let group = std::mem::take(&mut queue.waiting);
-                let ticket = Arc::clone(&group[first].ticket);
-                let mut state = lock(&ticket.state);
-                match std::mem::replace(&mut *state, TicketState::Lead(group)) {
-                    TicketState::Queued(waker) => waker,
-                    _ => None,
-                }
+                next_group(&mut queue)
             }
         };
         if let Some(waker) = waker {
