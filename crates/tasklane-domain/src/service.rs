@@ -6,6 +6,7 @@
 //!   generation (checked in the same round trip as the entry is fetched);
 //! - a write whose bump failed leaves a debt, paid (by bumping) before this process uses the
 //!   cache again, by its next reader or by the next write whose bump is made;
+//! - the writes that finish while a bump is on its way share the next one (see `bumps`);
 //! - a cache failure never fails a request: the store answers instead.
 //!
 //! It also keeps the idempotency keys of the creates running in this process, so that a
