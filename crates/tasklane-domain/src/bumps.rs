@@ -65,8 +65,8 @@ enum TicketState<C> {
     Leading,
     /// Its group's bump was made (or failed and is owed).
     Done,
-    /// Its group's leader went away before the bump was made: bump alone.
-    Orphaned,
+    /// Its group's leader went away before the bump was made: bump alone, for this change.
+    Orphaned(C),
     /// Its writer went away; its change is still made with its group's.
     Gone,
 }
@@ -92,8 +92,10 @@ pub(crate) enum Waited<'a, C> {
     Done,
     /// This write leads the next group: make its bump, then [`Group::finish`].
     Lead(Group<'a, C>),
-    /// The leader went away before the bump was made: bump alone.
-    Orphaned,
+    /// The leader went away before the bump was made: bump alone, for this change (the one
+    /// this write joined with; `None` only if the queue lost track of it, when a plain bump is
+    /// the safe one).
+    Orphaned(Option<C>),
 }
 
 impl<C> Bumps<C> {
@@ -181,7 +183,7 @@ impl<C> Group<'_, C> {
 impl<C> Drop for Group<'_, C> {
     fn drop(&mut self) {
         let mut wakers = Vec::with_capacity(self.members.len());
-        for member in &self.members {
+        for member in std::mem::take(&mut self.members) {
             if Arc::ptr_eq(&member.ticket, &self.me) {
                 continue;
             }
@@ -191,7 +193,8 @@ impl<C> Drop for Group<'_, C> {
                 *state = if self.finished {
                     TicketState::Done
                 } else {
-                    TicketState::Orphaned
+                    // Its change goes back to it: it bumps for that alone.
+                    TicketState::Orphaned(member.change)
                 };
             }
         }
@@ -235,9 +238,10 @@ impl<'a, C> Future for Wait<'a, C> {
                 })
             }
             TicketState::Done => Waited::Done,
+            TicketState::Orphaned(change) => Waited::Orphaned(Some(change)),
             // Leading and Gone cannot be seen here (this future is the only one to set them, and
             // it returns when it does); bumping alone is safe whatever happened.
-            TicketState::Orphaned | TicketState::Leading | TicketState::Gone => Waited::Orphaned,
+            TicketState::Leading | TicketState::Gone => Waited::Orphaned(None),
         };
         drop(state);
         this.finished = true;
@@ -377,7 +381,7 @@ mod tests {
         drop(group);
         assert!(matches!(
             poll(&mut b, &waker),
-            Poll::Ready(Waited::Orphaned)
+            Poll::Ready(Waited::Orphaned(Some(3)))
         ));
         // And the queue is free again.
         assert!(matches!(bumps.join(4), Turn::Lead(_)));

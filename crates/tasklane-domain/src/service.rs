@@ -552,13 +552,16 @@ impl TaskService {
     /// (`bumps.rs`): one bump, sent after all of them committed, covers each.
     async fn bump_after(&self, change: Option<Task>) {
         let Some(cache) = &self.cache else { return };
-        let group = match self.bumps.join(change.clone()) {
+        let group = match self.bumps.join(change) {
             Turn::Lead(group) => group,
             Turn::Wait(wait) => match wait.await {
                 Waited::Done => return,
                 Waited::Lead(group) => group,
-                // The leader went away before its bump was made.
-                Waited::Orphaned => return self.bump(cache.as_ref(), &[change.as_ref()]).await,
+                // The leader went away before its bump was made: this write's change came back.
+                Waited::Orphaned(change) => {
+                    let change = change.flatten();
+                    return self.bump(cache.as_ref(), &[change.as_ref()]).await;
+                }
             },
         };
         let changes: Vec<Option<&Task>> = group.changes().map(Option::as_ref).collect();
@@ -1228,7 +1231,12 @@ mod tests {
 
     impl GatedCache {
         async fn until_bumps(&self, n: usize) {
+            let start = Instant::now();
             while lock(&self.bumps).len() < n {
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "no bump {n} in 5 s"
+                );
                 tokio::task::yield_now().await;
             }
         }
@@ -1336,6 +1344,44 @@ mod tests {
         );
         assert_eq!(svc.cache_stats().shared_bumps.load(Ordering::Relaxed), 1);
         assert_eq!(svc.cache_stats().replaced.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_bump_leader_goes_away_sends_its_own_bump() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_update()
+            .returning(|id, _, _| Ok(updated(id.get(), 2, "new")));
+        let cache = Arc::new(GatedCache {
+            gate: Semaphore::new(0),
+            bumps: Mutex::new(Vec::new()),
+        });
+        let svc = Arc::new(TaskService::new(
+            Arc::new(repo),
+            Some(Arc::clone(&cache) as Arc<dyn TaskCache>),
+            Duration::from_millis(100),
+        ));
+        let spawn_update = |id: i64| {
+            let svc = Arc::clone(&svc);
+            tokio::spawn(async move { update(&svc, id).await })
+        };
+        // A bump on its way; two writes finish meanwhile, the first of them to lead the next.
+        let first = spawn_update(1);
+        cache.until_bumps(1).await;
+        let leader = spawn_update(2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let member = spawn_update(3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        cache.gate.add_permits(1);
+        first.await.unwrap_or_else(|_| unreachable!());
+        // The group's bump is on its way when its leader's client goes away: the other write
+        // must not be acknowledged on a bump nobody will finish, so it sends its own.
+        cache.until_bumps(2).await;
+        leader.abort();
+        cache.until_bumps(3).await;
+        assert!(!member.is_finished());
+        cache.gate.add_permits(1);
+        member.await.unwrap_or_else(|_| unreachable!());
+        assert_eq!(lock(&cache.bumps).len(), 3);
     }
 
     /// A store whose creates and lists wait until the test hands out a permit.
