@@ -1,6 +1,7 @@
 //! Prometheus metrics at `GET /metrics` (on the API's port; nginx refuses it publicly):
 //! requests and latency per route, method and status; the list cache's hits, misses and
-//! errors, and the pages updates were written through into; the PostgreSQL pool, its search
+//! errors, the pages updates were written through into, and the conditional task reads
+//! answered from a cached version or not; the PostgreSQL pool, its search
 //! slots, its combined updates and its joined list reads; the Redis circuit breaker and the
 //! hits served on a lease.
 
@@ -133,6 +134,16 @@ impl Metrics {
                 &stats.replaced,
             ),
             (
+                "revalidation_hits",
+                "Conditional task reads (If-None-Match) answered from a task version in the cache, without the database",
+                &stats.revalidation_hits,
+            ),
+            (
+                "revalidation_misses",
+                "Conditional task reads (If-None-Match) that read the database: no version cached, or not the one the client has",
+                &stats.revalidation_misses,
+            ),
+            (
                 "shared_bumps",
                 "Writes whose generation bump was made by another write that finished at the same time (one bump, sent after both committed)",
                 &stats.shared_bumps,
@@ -204,7 +215,7 @@ impl Metrics {
             let gauges = redis();
             let _ = writeln!(
                 text,
-                "# HELP tasklane_cache_lease_hits_total List reads served from a local copy on a lease, without a round trip to Redis\n# TYPE tasklane_cache_lease_hits_total counter\ntasklane_cache_lease_hits_total {}",
+                "# HELP tasklane_cache_lease_hits_total Cache hits (list pages, task versions) served from a local copy on a lease, without a round trip to Redis\n# TYPE tasklane_cache_lease_hits_total counter\ntasklane_cache_lease_hits_total {}",
                 gauges.lease_hits
             );
             let current = gauges.breaker;

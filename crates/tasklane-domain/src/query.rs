@@ -148,7 +148,7 @@ impl ListQuery {
     /// so that no choice of it can imitate another query's key.
     pub fn cache_key(&self) -> String {
         format!(
-            "s={};l={};c={};q={}",
+            "list:s={};l={};c={};q={}",
             self.status.map_or("", |s| s.as_str()),
             self.limit.get(),
             self.cursor.map(|c| c.encode()).unwrap_or_default(),

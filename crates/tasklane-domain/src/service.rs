@@ -31,7 +31,7 @@ use crate::ports::{
     BoxError, CacheError, CacheLookup, Created, Generation, RepoError, TaskCache, TaskRepository,
 };
 use crate::query::{ListQuery, Page, StatusCounts};
-use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch};
+use crate::task::{NewTask, Precondition, Task, TaskId, TaskPatch, Version};
 use crate::write_through::{Heads, ListRenderer};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
@@ -100,6 +100,51 @@ pub struct CacheStats {
     pub replaced: AtomicU64,
     /// Writes whose bump was made by another write of the same group (see `bumps.rs`).
     pub shared_bumps: AtomicU64,
+    /// Conditional task reads answered from a version in the cache, without the store.
+    pub revalidation_hits: AtomicU64,
+    /// Conditional task reads that read the store (no version cached, or not the caller's).
+    pub revalidation_misses: AtomicU64,
+}
+
+/// What [`TaskService::get_unless`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revalidated {
+    /// The task exists, and its current version is one the caller has: it was not read.
+    Unchanged(Version),
+    /// The task as the store has it now (its version may still be one the caller has).
+    Current(Task),
+}
+
+/// The cache key of a task's version (list pages' keys start with `list:`).
+pub fn version_key(id: TaskId) -> String {
+    format!("task:{id}:version")
+}
+
+/// A version as cached: 8 bytes, big-endian.
+fn encode_version(version: Version) -> Bytes {
+    Bytes::copy_from_slice(&version.get().to_be_bytes())
+}
+
+/// The version in a cached value; `None` unless it is 8 bytes holding a positive number.
+fn decode_version(bytes: &[u8]) -> Option<Version> {
+    let raw = i64::from_be_bytes(bytes.try_into().ok()?);
+    (raw > 0).then(|| Version::new(raw))
+}
+
+/// The outcome of [`TaskService::look_up`].
+enum Looked {
+    Hit(Bytes),
+    /// `None` when the cache has no generation yet: nothing is to be stored this time.
+    Miss(Option<Missed>),
+    Unused,
+}
+
+/// A miss under a generation: what may be stored after it, and when.
+#[derive(Clone, Copy)]
+struct Missed {
+    generation: Generation,
+    /// What was left of the request's cache budget when the miss was answered.
+    budget_left: Duration,
 }
 
 /// The task use cases.
@@ -460,30 +505,21 @@ impl TaskService {
         R: FnOnce(&Page) -> Bytes + Send,
     {
         let key = query.cache_key();
-        let mut missed_under: Option<Generation> = None;
-        let mut budget_left = Duration::ZERO;
-        if let Some(cache) = &self.cache {
-            let started = Instant::now();
-            let deadline = started + self.cache_budget;
-            if self.settle_debt(cache.as_ref(), deadline).await {
-                match cache.lookup(&key, deadline).await {
-                    Ok(CacheLookup::Hit(bytes)) => {
-                        self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                        return Ok(bytes);
-                    }
-                    Ok(CacheLookup::Miss(generation)) => {
-                        self.stats.misses.fetch_add(1, Ordering::Relaxed);
-                        budget_left = self.cache_budget.saturating_sub(started.elapsed());
-                        missed_under = generation;
-                    }
-                    Err(e) => self.cache_failed("lookup", &e),
-                }
+        let missed = match self.look_up(&key).await {
+            Looked::Hit(bytes) => {
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(bytes);
             }
-        }
+            Looked::Miss(missed) => {
+                self.stats.misses.fetch_add(1, Ordering::Relaxed);
+                missed
+            }
+            Looked::Unused => None,
+        };
 
         let mut lead = None;
-        if let Some(generation) = missed_under {
-            match self.flights.join((key.clone(), generation)) {
+        if let Some(missed) = &missed {
+            match self.flights.join((key.clone(), missed.generation)) {
                 Role::Lead(l) => lead = Some(l),
                 Role::Done(bytes) => return Ok(bytes),
                 Role::Follow(follow) => {
@@ -499,19 +535,98 @@ impl TaskService {
         if let Some(lead) = lead {
             lead.publish(&bytes);
         }
-        if let (Some(_), Some(generation)) = (&self.renderer, missed_under) {
-            self.heads.record(&key, query, generation, &page, &bytes);
-        }
-
-        if let (Some(cache), Some(generation)) = (&self.cache, missed_under) {
-            if !budget_left.is_zero() {
-                let deadline = Instant::now() + budget_left;
-                if let Err(e) = cache.store(&key, generation, bytes.clone(), deadline).await {
-                    self.cache_failed("store", &e);
-                }
+        if let Some(missed) = missed {
+            if self.renderer.is_some() {
+                self.heads
+                    .record(&key, query, missed.generation, &page, &bytes);
             }
+            self.keep(&key, missed, bytes.clone()).await;
         }
         Ok(bytes)
+    }
+
+    /// Reads task `id`, unless its current version is one that `known` accepts (a conditional
+    /// read: `If-None-Match`).
+    ///
+    /// With a cache, each task's version is an entry of its own ([`version_key`]) under the same
+    /// generation as the list pages, so a version found there was current when the read began,
+    /// as a list page found there is: a hit that `known` accepts answers without the store.
+    /// Otherwise the store is read; after a miss, the version read is stored under the
+    /// generation the miss saw. Plain reads ([`TaskService::get`]) leave the cache alone: only a
+    /// client that revalidates pays for keeping its version there.
+    ///
+    /// # Errors
+    /// `NotFound` when no task has this id (the cache never says a task is absent);
+    /// `Unavailable` or `Unexpected` from the store.
+    pub async fn get_unless<F>(&self, id: TaskId, known: F) -> Result<Revalidated, ServiceError>
+    where
+        F: Fn(Version) -> bool + Send,
+    {
+        let key = version_key(id);
+        let missed = match self.look_up(&key).await {
+            Looked::Hit(bytes) => match decode_version(&bytes) {
+                Some(version) if known(version) => {
+                    self.stats.revalidation_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Revalidated::Unchanged(version));
+                }
+                // The caller has another version (an older one, unless it made one up): it
+                // needs the task. What the cache holds is still current.
+                Some(_) => None,
+                // Not written by this release (the port treats what it cannot read as a miss;
+                // this is the same for bytes it can read but this service cannot): read the
+                // store, and leave the entry to expire.
+                None => None,
+            },
+            Looked::Miss(missed) => missed,
+            Looked::Unused => None,
+        };
+        self.stats
+            .revalidation_misses
+            .fetch_add(1, Ordering::Relaxed);
+        let task = self.repo.get(id).await?;
+        if let Some(missed) = missed {
+            self.keep(&key, missed, encode_version(task.version)).await;
+        }
+        Ok(Revalidated::Current(task))
+    }
+
+    /// The cache's answer for `key`, after paying any owed bump; `Unused` when there is no cache,
+    /// or it failed, or it is owed a bump it could not be paid.
+    async fn look_up(&self, key: &str) -> Looked {
+        let Some(cache) = &self.cache else {
+            return Looked::Unused;
+        };
+        let started = Instant::now();
+        let deadline = started + self.cache_budget;
+        if !self.settle_debt(cache.as_ref(), deadline).await {
+            return Looked::Unused;
+        }
+        match cache.lookup(key, deadline).await {
+            Ok(CacheLookup::Hit(bytes)) => Looked::Hit(bytes),
+            Ok(CacheLookup::Miss(generation)) => {
+                Looked::Miss(generation.map(|generation| Missed {
+                    generation,
+                    budget_left: self.cache_budget.saturating_sub(started.elapsed()),
+                }))
+            }
+            Err(e) => {
+                self.cache_failed("lookup", &e);
+                Looked::Unused
+            }
+        }
+    }
+
+    /// Stores `bytes`, read from the store after the miss `missed`, under the generation that
+    /// miss saw, within what is left of the request's cache budget.
+    async fn keep(&self, key: &str, missed: Missed, bytes: Bytes) {
+        let Some(cache) = &self.cache else { return };
+        if missed.budget_left.is_zero() {
+            return;
+        }
+        let deadline = Instant::now() + missed.budget_left;
+        if let Err(e) = cache.store(key, missed.generation, bytes, deadline).await {
+            self.cache_failed("store", &e);
+        }
     }
 
     /// Asks the store and the cache whether they answer.
@@ -953,6 +1068,184 @@ mod tests {
             .list_rendered(&ListQuery::default(), render)
             .await
             .is_ok());
+    }
+
+    fn id(raw: i64) -> TaskId {
+        TaskId::new(raw).unwrap_or_else(|| unreachable!())
+    }
+
+    /// A task at `version`, as the store would return it.
+    fn task_at(raw_id: i64, version: i64) -> Task {
+        Task {
+            version: Version::new(version),
+            ..task(raw_id)
+        }
+    }
+
+    /// The version of the task a revalidation read from the store, if it did.
+    fn read_from_store(found: Result<Revalidated, ServiceError>) -> Option<i64> {
+        match found {
+            Ok(Revalidated::Current(task)) => Some(task.version.get()),
+            _ => None,
+        }
+    }
+
+    fn cached_version(version: i64) -> CacheLookup {
+        CacheLookup::Hit(Bytes::copy_from_slice(&version.to_be_bytes()))
+    }
+
+    #[tokio::test]
+    async fn a_revalidation_of_a_cached_version_the_caller_has_skips_the_store() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_get().never();
+        let mut cache = MockTaskCache::new();
+        cache
+            .expect_lookup()
+            .withf(|key, _| key == "task:7:version")
+            .times(1)
+            .returning(|_, _| Ok(cached_version(3)));
+        cache.expect_store().never();
+        let svc = service(repo, cache);
+
+        let found = svc.get_unless(id(7), |v| v == Version::new(3)).await;
+
+        assert_eq!(found.ok(), Some(Revalidated::Unchanged(Version::new(3))));
+        assert_eq!(
+            svc.cache_stats().revalidation_hits.load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_revalidation_that_misses_reads_the_store_and_stores_the_version_read() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_get()
+            .with(eq(id(7)))
+            .times(1)
+            .returning(|_| Ok(task_at(7, 4)));
+        let mut cache = MockTaskCache::new();
+        cache
+            .expect_lookup()
+            .returning(|_, _| Ok(CacheLookup::Miss(Some(Generation(9)))));
+        cache
+            .expect_store()
+            .withf(|key, generation, value, _| {
+                key == "task:7:version"
+                    && *generation == Generation(9)
+                    && value.as_ref() == 4i64.to_be_bytes()
+            })
+            .times(1)
+            .returning(|_, _, _, _| Ok(()));
+        let svc = service(repo, cache);
+
+        let found = svc.get_unless(id(7), |_| true).await;
+
+        assert_eq!(read_from_store(found), Some(4));
+        assert_eq!(
+            svc.cache_stats()
+                .revalidation_misses
+                .load(Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_version_the_caller_lacks_is_read_from_the_store_and_left_alone() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_get().times(1).returning(|_| Ok(task_at(7, 3)));
+        let mut cache = MockTaskCache::new();
+        cache
+            .expect_lookup()
+            .returning(|_, _| Ok(cached_version(3)));
+        cache.expect_store().never();
+        let svc = service(repo, cache);
+
+        let found = svc.get_unless(id(7), |v| v == Version::new(2)).await;
+
+        assert_eq!(read_from_store(found), Some(3));
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_cached_version_is_not_trusted() {
+        let unreadable: [&[u8]; 3] = [b"\x00\x00\x00\x03", &0i64.to_be_bytes(), b"not a version"];
+        for raw in unreadable {
+            let mut repo = MockTaskRepository::new();
+            repo.expect_get().times(1).returning(|_| Ok(task_at(7, 3)));
+            let mut cache = MockTaskCache::new();
+            let bytes = Bytes::copy_from_slice(raw);
+            cache
+                .expect_lookup()
+                .returning(move |_, _| Ok(CacheLookup::Hit(bytes.clone())));
+            cache.expect_store().never();
+            let svc = service(repo, cache);
+
+            // The caller would accept any version: only the store can say which one it is.
+            let found = svc.get_unless(id(7), |_| true).await;
+
+            assert_eq!(read_from_store(found), Some(3));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_revalidation_of_a_missing_task_is_not_found_and_stores_nothing() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_get()
+            .times(1)
+            .returning(|_| Err(RepoError::NotFound));
+        let mut cache = MockTaskCache::new();
+        cache
+            .expect_lookup()
+            .returning(|_, _| Ok(CacheLookup::Miss(Some(Generation(9)))));
+        cache.expect_store().never();
+        let svc = service(repo, cache);
+
+        let found = svc.get_unless(id(7), |_| true).await;
+
+        assert!(matches!(found, Err(ServiceError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn a_revalidation_pays_an_owed_bump_first_and_reads_the_store_if_it_cannot() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_update().returning(|_, _, _| Ok(task_at(7, 2)));
+        repo.expect_get().times(1).returning(|_| Ok(task_at(7, 2)));
+        let mut cache = MockTaskCache::new();
+        // The update's bump fails, and so does paying it: the cache is not looked at.
+        cache
+            .expect_bump_generation()
+            .times(1)
+            .returning(|_| Err(unavailable()));
+        cache
+            .expect_pay_owed_bump()
+            .times(1)
+            .returning(|_| Err(unavailable()));
+        cache.expect_lookup().never();
+        cache.expect_store().never();
+        let svc = service(repo, cache);
+        assert!(svc
+            .update(id(7), TaskPatch::default(), Precondition::None)
+            .await
+            .is_ok());
+
+        // A version cached before the update could be the one the caller has.
+        let found = svc.get_unless(id(7), |v| v == Version::new(1)).await;
+
+        assert_eq!(read_from_store(found), Some(2));
+    }
+
+    #[tokio::test]
+    async fn a_revalidation_with_a_failing_cache_reads_the_store_and_stores_nothing() {
+        let mut repo = MockTaskRepository::new();
+        repo.expect_get().times(1).returning(|_| Ok(task_at(7, 1)));
+        let mut cache = MockTaskCache::new();
+        cache.expect_lookup().returning(|_, _| Err(unavailable()));
+        cache.expect_store().never();
+        let svc = service(repo, cache);
+
+        let found = svc.get_unless(id(7), |_| true).await;
+
+        assert_eq!(read_from_store(found), Some(1));
+        assert_eq!(svc.cache_stats().errors.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test]

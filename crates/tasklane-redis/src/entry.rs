@@ -4,7 +4,7 @@ use bytes::Bytes;
 use tasklane_domain::Generation;
 
 /// The version of the entry format *and* of what the app puts in entries. Bump it whenever
-/// either changes: entries live under `{prefix}:v{SCHEMA}:list:`, so two releases side by side
+/// either changes: entries live under `{prefix}:v{SCHEMA}:`, so two releases side by side
 /// (a rolling upgrade) never read each other's entries. The generation key is deliberately not
 /// versioned: both releases must bump and check the same generation, or a write acknowledged by
 /// one would not invalidate the other's entries.
@@ -24,7 +24,7 @@ impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
             generation: format!("{prefix}:gen"),
-            entry_prefix: format!("{prefix}:v{SCHEMA}:list:"),
+            entry_prefix: format!("{prefix}:v{SCHEMA}:"),
         }
     }
 
@@ -117,8 +117,8 @@ mod tests {
         let keys = Keys::new("tl");
         assert_eq!(keys.generation(), "tl:gen");
         assert_eq!(
-            keys.entry("status=todo"),
-            format!("tl:v{SCHEMA}:list:status=todo")
+            keys.entry("list:s=todo"),
+            format!("tl:v{SCHEMA}:list:s=todo")
         );
     }
 

@@ -1,10 +1,11 @@
-//! The [`TaskCache`] port on Redis: a generation-checked cache of list pages.
+//! The [`TaskCache`] port on Redis: a generation-checked cache of list pages and task versions.
 //!
 //! Keys, for a prefix `p`:
 //! - `p:gen`: the generation, a decimal integer. Not versioned, so every release bumps and
 //!   checks the same one.
-//! - `p:v{SCHEMA}:list:{key}`: an entry, the 8-byte big-endian generation it was computed under
-//!   followed by the caller's opaque bytes, with a TTL.
+//! - `p:v{SCHEMA}:{key}`: an entry, the 8-byte big-endian generation it was computed under
+//!   followed by the caller's opaque bytes, with a TTL. The domain's keys name what they hold:
+//!   `list:...` a rendered list page, `task:{id}:version` a task's version.
 //!
 //! - `p:leases`, `p:lease-bumps`, `p:lease-acks:{replica}`: the lease registry and channels (see
 //!   [`lease`]).

@@ -8,8 +8,11 @@
 //! in Redis would, so a replica's owed bump (see the domain's cache debt) is bounded by the same
 //! TTL as before.
 //!
-//! Bounded in bytes; the least recently used copies go first, and a payload larger than an
-//! eighth of the budget is never copied. No copy is kept of an entry stored under a generation
+//! Bounded in bytes, each copy counted with what it costs the allocator beyond its key and
+//! payload ([`COPY_OVERHEAD`]), so that many small copies (task versions) are bounded as honestly
+//! as a few large ones (list pages). When full, the least recently used copies go, an eighth of
+//! the budget at a time (one scan frees room for many copies, so a stream of new keys does not
+//! pay a scan each); a payload larger than an eighth of the budget is never copied. No copy is kept of an entry stored under a generation
 //! other than the last one this process saw in Redis (after a bump, or in a lookup's reply): it
 //! is stale already, and its next reader would pay a round trip to find that out.
 
@@ -43,9 +46,18 @@ struct Copy {
     used: u64,
 }
 
+/// What one copy costs beyond its key's and payload's bytes: its slot in the map (key and
+/// `Copy`, about 90 bytes, at the map's load factor) and the two heap blocks' headers and
+/// rounding.
+pub(crate) const COPY_OVERHEAD: usize = 160;
+
+fn size(key: &str, payload: &Bytes) -> usize {
+    key.len() + payload.len() + COPY_OVERHEAD
+}
+
 impl Copy {
     fn size(&self, key: &str) -> usize {
-        key.len() + self.payload.len()
+        size(key, &self.payload)
     }
 }
 
@@ -113,7 +125,7 @@ impl LocalCopies {
         if inner.latest.is_some_and(|latest| latest != generation) {
             return;
         }
-        let size = key.len() + payload.len();
+        let size = size(key, &payload);
         if size > self.max_bytes / 8 {
             return;
         }
@@ -129,16 +141,8 @@ impl LocalCopies {
                 used,
             },
         );
-        while inner.bytes > self.max_bytes {
-            let Some(oldest) = inner
-                .copies
-                .iter()
-                .min_by_key(|(_, c)| c.used)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            inner.remove(&oldest);
+        if inner.bytes > self.max_bytes {
+            inner.evict_down_to(self.max_bytes - self.max_bytes / 8);
         }
     }
 
@@ -180,6 +184,37 @@ impl Inner {
     fn remove(&mut self, key: &str) {
         if let Some(old) = self.copies.remove(key) {
             self.bytes -= old.size(key);
+        }
+    }
+
+    /// Drops the least recently used copies until at most `target` bytes are left.
+    fn evict_down_to(&mut self, target: usize) {
+        let mut by_use: Vec<(u64, usize)> = self
+            .copies
+            .iter()
+            .map(|(key, copy)| (copy.used, copy.size(key)))
+            .collect();
+        by_use.sort_unstable();
+        // The last use of the newest copy to drop: every copy used no later goes.
+        let mut excess = self.bytes.saturating_sub(target);
+        let mut last_dropped = None;
+        for (used, size) in by_use {
+            if excess == 0 {
+                break;
+            }
+            excess = excess.saturating_sub(size);
+            last_dropped = Some(used);
+        }
+        if let Some(cutoff) = last_dropped {
+            let mut freed = 0;
+            self.copies.retain(|key, copy| {
+                let keep = copy.used > cutoff;
+                if !keep {
+                    freed += copy.size(key);
+                }
+                keep
+            });
+            self.bytes -= freed;
         }
     }
 }
@@ -229,37 +264,69 @@ mod tests {
         local.put("a", Generation(1), payload(100), later());
         local.put("a", Generation(2), payload(50), later());
         local.put("bb", Generation(2), payload(10), later());
-        assert_eq!(local.usage(), (2, 1 + 50 + 2 + 10));
+        assert_eq!(local.usage(), (2, 1 + 50 + 2 + 10 + 2 * COPY_OVERHEAD));
         assert_eq!(
             local.get("a", Instant::now()).map(|c| c.0),
             Some(Generation(2))
         );
         local.remove("a");
-        assert_eq!(local.usage(), (1, 12));
+        assert_eq!(local.usage(), (1, 12 + COPY_OVERHEAD));
         local.clear(None);
         assert_eq!(local.usage(), (0, 0));
     }
 
+    /// Each of these copies (a 1-byte key and a 99-byte payload) takes one slot.
+    const SLOT: usize = 100 + COPY_OVERHEAD;
+
     #[test]
     fn the_least_recently_used_copies_go_first_when_the_budget_is_full() {
-        // 8 slots of 100 bytes (1-byte keys + 99-byte payloads).
-        let local = LocalCopies::new(800);
+        let local = LocalCopies::new(8 * SLOT);
         for k in ["a", "b", "c", "d", "e", "f", "g", "h"] {
             local.put(k, Generation(1), payload(99), later());
         }
-        assert_eq!(local.usage(), (8, 800));
-        // "a" is used again, so "b" is now the least recently used.
+        assert_eq!(local.usage(), (8, 8 * SLOT));
+        // "a" is used again, so "b" and then "c" are now the least recently used. One more copy
+        // makes room for itself and an eighth of the budget more.
         assert!(local.get("a", Instant::now()).is_some());
         local.put("i", Generation(1), payload(99), later());
-        assert_eq!(local.usage(), (8, 800));
-        assert!(local.get("a", Instant::now()).is_some());
-        assert!(local.get("b", Instant::now()).is_none());
-        assert!(local.get("i", Instant::now()).is_some());
+        assert_eq!(local.usage(), (7, 7 * SLOT));
+        for (k, kept) in [
+            ("a", true),
+            ("b", false),
+            ("c", false),
+            ("d", true),
+            ("i", true),
+        ] {
+            assert_eq!(local.get(k, Instant::now()).is_some(), kept, "{k}");
+        }
+    }
+
+    #[test]
+    fn many_small_copies_stay_within_the_budget_counted_with_their_overhead() {
+        let budget = 64 * 1024;
+        let local = LocalCopies::new(budget);
+        for id in 0..10_000 {
+            local.put(
+                &format!("task:{id}:version"),
+                Generation(1),
+                payload(8),
+                later(),
+            );
+            assert!(local.usage().1 <= budget);
+        }
+        let (copies, bytes) = local.usage();
+        // Counted at about 180 bytes each, not at their 24 bytes of key and payload.
+        assert!(copies < budget / COPY_OVERHEAD, "{copies} copies");
+        assert!(copies > budget / (2 * SLOT), "{copies} copies");
+        assert!(bytes > budget / 2);
+        // The newest are kept.
+        assert!(local.get("task:9999:version", Instant::now()).is_some());
+        assert!(local.get("task:0:version", Instant::now()).is_none());
     }
 
     #[test]
     fn a_payload_over_an_eighth_of_the_budget_is_not_copied() {
-        let local = LocalCopies::new(800);
+        let local = LocalCopies::new(8 * SLOT);
         local.put("k", Generation(1), payload(99), later());
         assert!(local.get("k", Instant::now()).is_some());
         // Too big: not kept, and the older copy of the same key is not served either.

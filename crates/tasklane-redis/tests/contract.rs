@@ -40,7 +40,7 @@ async fn seeded_generation(
 }
 
 fn entry_key(prefix: &str, schema: u32, key: &str) -> String {
-    format!("{prefix}:v{schema}:list:{key}")
+    format!("{prefix}:v{schema}:{key}")
 }
 
 /// Writes entry `k` straight into Redis, under `generation`, with `body`: what another replica

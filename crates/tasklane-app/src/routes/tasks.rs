@@ -8,7 +8,9 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::{BufMut, Bytes, BytesMut};
-use tasklane_domain::{Cursor, IdempotencyKey, Limit, ListQuery, Page, SearchText, Task, TaskId};
+use tasklane_domain::{
+    Cursor, IdempotencyKey, Limit, ListQuery, Page, Revalidated, SearchText, Task, TaskId, Version,
+};
 
 const JSON: &str = "application/json";
 
@@ -342,14 +344,29 @@ pub async fn get_task(
     id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let task = state.service.get(task_id(&id)?).await?;
-    let etag = task_etag(task.version);
-    if if_none_match(req.headers(), &etag) {
-        return Ok(HttpResponse::NotModified()
-            .insert_header((header::ETAG, etag))
-            .finish());
+    let id = task_id(&id)?;
+    let headers = req.headers();
+    let task = if headers.contains_key(header::IF_NONE_MATCH) {
+        // A revalidation: the task's version may be answered from the cache.
+        let known = |version| if_none_match(headers, &task_etag(version));
+        match state.service.get_unless(id, known).await? {
+            Revalidated::Unchanged(version) => return Ok(not_modified(version)),
+            Revalidated::Current(task) => task,
+        }
+    } else {
+        state.service.get(id).await?
+    };
+    if if_none_match(headers, &task_etag(task.version)) {
+        return Ok(not_modified(task.version));
     }
     task_response(StatusCode::OK, &task)
+}
+
+/// A 304 for a task at `version`.
+fn not_modified(version: Version) -> HttpResponse {
+    HttpResponse::NotModified()
+        .insert_header((header::ETAG, task_etag(version)))
+        .finish()
 }
 
 /// Update a task: absent fields keep their value. PUT and PATCH (JSON merge patch) behave alike.

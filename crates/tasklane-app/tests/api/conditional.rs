@@ -1,6 +1,6 @@
 //! ETags, `If-None-Match` (304) and `If-Match` (412): no lost updates between two tabs.
 
-use crate::helpers::{body, header, spawn_app};
+use crate::helpers::{body, header, spawn_app, spawn_app_with, Options, TestApp};
 use reqwest::Method;
 use serde_json::json;
 
@@ -31,6 +31,87 @@ async fn if_none_match_gives_304_until_the_task_changes() {
         .await;
     assert_eq!(res.status(), 200);
     assert_eq!(header(&res, "etag").as_deref(), Some("\"v2\""));
+}
+
+/// A conditional GET with the task's current ETag.
+async fn revalidate(app: &TestApp, path: &str, etag: &str) -> reqwest::Response {
+    app.send(app.request(Method::GET, path).header("If-None-Match", etag))
+        .await
+}
+
+#[tokio::test]
+async fn a_revalidation_is_answered_from_the_cached_version_until_any_replica_writes() {
+    let app = spawn_app().await;
+    let replica = app.spawn_replica().await;
+    let task = app.create("polled").await;
+    let path = format!("/api/tasks/{}", task["id"]);
+
+    // The first revalidation reads the database and caches the version; the next ones are
+    // answered from it.
+    let res = revalidate(&app, &path, "\"v1\"").await;
+    assert_eq!(res.status(), 304);
+    assert_eq!(
+        app.metric("tasklane_cache_revalidation_misses_total").await,
+        1.0
+    );
+    for _ in 0..3 {
+        let res = revalidate(&app, &path, "W/\"v1\"").await;
+        assert_eq!(res.status(), 304);
+        assert_eq!(header(&res, "etag").as_deref(), Some("\"v1\""));
+    }
+    assert_eq!(
+        app.metric("tasklane_cache_revalidation_hits_total").await,
+        3.0
+    );
+    assert_eq!(
+        app.metric("tasklane_cache_revalidation_misses_total").await,
+        1.0
+    );
+
+    // A write acknowledged by the other replica: the cached version is not served again.
+    let res = replica.put_json(&path, &json!({"title": "changed"})).await;
+    assert_eq!(res.status(), 200);
+    let res = revalidate(&app, &path, "\"v1\"").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "etag").as_deref(), Some("\"v2\""));
+    assert_eq!(body(res).await["title"], "changed");
+
+    // The new version is cached in turn; a client with another tag gets the task.
+    assert_eq!(revalidate(&app, &path, "\"v2\"").await.status(), 304);
+    assert_eq!(revalidate(&app, &path, "\"v2\"").await.status(), 304);
+    assert_eq!(
+        app.metric("tasklane_cache_revalidation_hits_total").await,
+        5.0
+    );
+    let res = revalidate(&app, &path, "\"v1\", \"v7\"").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "etag").as_deref(), Some("\"v2\""));
+    assert_eq!(revalidate(&app, &path, "*").await.status(), 304);
+
+    // Deleted by the other replica: gone here too, whatever tag is sent.
+    assert_eq!(replica.delete(&path).await.status(), 200);
+    assert_eq!(revalidate(&app, &path, "\"v2\"").await.status(), 404);
+    assert_eq!(revalidate(&app, &path, "*").await.status(), 404);
+}
+
+#[tokio::test]
+async fn a_revalidation_without_a_cache_reads_the_database() {
+    let app = spawn_app_with(Options {
+        redis_url: None,
+        ..Options::default()
+    })
+    .await;
+    let task = app.create("uncached").await;
+    let path = format!("/api/tasks/{}", task["id"]);
+    assert_eq!(revalidate(&app, &path, "\"v1\"").await.status(), 304);
+    app.put_json(&path, &json!({"status": "done"})).await;
+    let res = revalidate(&app, &path, "\"v1\"").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(header(&res, "etag").as_deref(), Some("\"v2\""));
+    assert_eq!(
+        app.metric("tasklane_cache_revalidation_hits_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]

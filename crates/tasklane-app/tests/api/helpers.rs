@@ -13,6 +13,8 @@ pub struct TestApp {
     pub address: String,
     pub client: Client,
     pub db: TestDb,
+    /// The Redis key prefix its cache uses.
+    pub prefix: String,
 }
 
 /// How a test wants its server.
@@ -56,6 +58,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     for (k, v) in options.extra {
         env.insert(k.into(), v);
     }
+    let prefix = env["TASKLANE_CACHE_KEY_PREFIX"].clone();
     let settings =
         Settings::load(|name| env.get(name).cloned()).unwrap_or_else(|e| panic!("settings: {e}"));
     tasklane_app::telemetry::init(settings.log_format, "warn");
@@ -72,10 +75,23 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .build()
             .unwrap_or_else(|e| panic!("client: {e}")),
         db,
+        prefix,
     }
 }
 
 impl TestApp {
+    /// Another server on the same database and the same Redis keys: a second replica.
+    pub async fn spawn_replica(&self) -> TestApp {
+        spawn_app_with(Options {
+            extra: vec![
+                ("DATABASE_URL", self.db.url()),
+                ("TASKLANE_CACHE_KEY_PREFIX", self.prefix.clone()),
+            ],
+            ..Options::default()
+        })
+        .await
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

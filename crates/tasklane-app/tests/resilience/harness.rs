@@ -456,6 +456,14 @@ pub async fn cache_lease_hits(client: &Client, app: &App) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The conditional task reads answered from a cached version, as `/metrics` says.
+pub async fn cache_revalidation_hits(client: &Client, app: &App) -> f64 {
+    let m = metrics(client, app).await;
+    m.get("tasklane_cache_revalidation_hits_total")
+        .copied()
+        .unwrap_or(0.0)
+}
+
 /// The circuit breaker's state, as `/metrics` says.
 pub async fn breaker_state(client: &Client, app: &App) -> String {
     let m = metrics(client, app).await;

@@ -19,8 +19,9 @@
 //! default) many bumps also store the readers' next page; the test requires that some did.
 
 use crate::harness::{
-    breaker_state, cache_counters, cache_lease_hits, cache_replaced, client, exchange, private_pg,
-    private_redis, seed_tasks, App, Figures, LogOnPanic, Recorder, Summary,
+    breaker_state, cache_counters, cache_lease_hits, cache_replaced, cache_revalidation_hits,
+    client, exchange, private_pg, private_redis, seed_tasks, App, Figures, LogOnPanic, Recorder,
+    Summary,
 };
 use deadpool_redis::redis;
 use serde_json::{json, Value};
@@ -71,21 +72,36 @@ fn behind(floor: &[u64], list: &Value) -> Vec<String> {
 /// acknowledged, and the reads that missed some of it.
 struct Race {
     rec: Recorder,
+    /// Writer `i`'s task.
+    ids: Vec<i64>,
     acked: Vec<AtomicU64>,
+    /// The version of writer `i`'s task its last acknowledged write made.
+    acked_version: Vec<AtomicU64>,
     stale: Mutex<Vec<String>>,
     stale_count: AtomicU64,
     until: Duration,
 }
 
 impl Race {
-    fn new(writers: usize, until: Duration) -> Arc<Self> {
+    /// One writer per task of `ids`.
+    fn new(ids: &[i64], until: Duration) -> Arc<Self> {
         Arc::new(Self {
             rec: Recorder::new(),
-            acked: (0..writers).map(|_| AtomicU64::new(0)).collect(),
+            ids: ids.to_vec(),
+            acked: ids.iter().map(|_| AtomicU64::new(0)).collect(),
+            acked_version: ids.iter().map(|_| AtomicU64::new(0)).collect(),
             stale: Mutex::new(Vec::new()),
             stale_count: AtomicU64::new(0),
             until,
         })
+    }
+
+    fn record_stale(&self, problem: String) {
+        self.stale_count.fetch_add(1, Ordering::SeqCst);
+        let mut stale = self.stale.lock().unwrap();
+        if stale.len() < 10 {
+            stale.push(problem);
+        }
     }
 
     /// Writer `i`: renames task `id` `w{i}-1`, `w{i}-2`, ... through `app`, one PUT at a time,
@@ -109,6 +125,8 @@ impl Race {
                     .body(json!({ "title": format!("w{i}-{n}") }).to_string());
                 if let Ok(reply) = race.rec.send("write", req).await {
                     if reply.status == 200 {
+                        let version = reply.json()["version"].as_u64().unwrap_or(u64::MAX);
+                        race.acked_version[i].store(version, Ordering::SeqCst);
                         race.acked[i].store(n, Ordering::SeqCst);
                     }
                 }
@@ -121,7 +139,10 @@ impl Race {
     }
 
     /// A reader: notes what was acknowledged, reads the list through `app` (`name` in reports),
-    /// records what the list does not show, pauses `pause`, and again.
+    /// records what the list does not show; then revalidates one writer's task (in turn) with
+    /// the ETag it last got for it (at first the version the list showed), and records a 304 or
+    /// a 200 older than the version acknowledged before the revalidation began; pauses `pause`,
+    /// and again.
     fn reader(
         self: &Arc<Self>,
         (name, app): (&'static str, &Arc<App>),
@@ -131,6 +152,7 @@ impl Race {
         tokio::spawn(async move {
             let client = crate::harness::client();
             let mut reads = 0u64;
+            let mut known: Vec<Option<i64>> = vec![None; race.ids.len()];
             while race.rec.now() < race.until && reads < 1_000_000 {
                 reads += 1;
                 // What was acknowledged before this read began.
@@ -145,18 +167,52 @@ impl Race {
                 if reply.status != 200 {
                     continue;
                 }
-                for problem in behind(&floor, &reply.json()) {
-                    race.stale_count.fetch_add(1, Ordering::SeqCst);
-                    let mut stale = race.stale.lock().unwrap();
-                    if stale.len() < 10 {
-                        stale.push(format!("{problem} at {:?} from {name}", race.rec.now()));
-                    }
+                let list = reply.json();
+                for problem in behind(&floor, &list) {
+                    race.record_stale(format!("{problem} at {:?} from {name}", race.rec.now()));
+                }
+                // Like a client polling the task it shows: it sends the ETag it last got (a
+                // version older than the current one whenever a write came in between).
+                let w = (reads as usize) % race.ids.len();
+                let id = race.ids[w];
+                let listed = api_rows(&list).into_iter().find(|row| row.0 == id);
+                if let Some(seen) = known[w].or(listed.map(|row| row.2)) {
+                    known[w] = race.revalidate((name, &app), &client, w, seen).await;
                 }
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
             }
         })
+    }
+
+    /// Revalidates writer `w`'s task through `app` with the ETag of version `seen`; returns the
+    /// version the answer says is current (`None` after a failure).
+    async fn revalidate(
+        &self,
+        (name, app): (&'static str, &App),
+        client: &reqwest::Client,
+        w: usize,
+        seen: i64,
+    ) -> Option<i64> {
+        let floor = self.acked_version[w].load(Ordering::SeqCst);
+        let req = client
+            .get(app.url(&format!("/api/tasks/{}", self.ids[w])))
+            .header("if-none-match", format!("\"v{seen}\""));
+        let reply = self.rec.send("revalidate", req).await.ok()?;
+        let current = match reply.status {
+            304 => seen,
+            200 => reply.json()["version"].as_i64()?,
+            _ => return None,
+        };
+        if u64::try_from(current).unwrap_or(0) < floor {
+            self.record_stale(format!(
+                "writer {w}: acknowledged version {floor}, revalidation of v{seen} answered {} (v{current}) at {:?} from {name}",
+                reply.status,
+                self.rec.now()
+            ));
+        }
+        Some(current)
     }
 
     fn floor(&self) -> Vec<u64> {
@@ -284,7 +340,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         cache_replaced(&client, &app).await + cache_replaced(&client, &peer).await;
     let leased_before =
         cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await;
-    let race = Race::new(WRITERS, load);
+    let race = Race::new(&ids, load);
     let mut tasks = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         // A random pause, so that the generation stands still long enough for entries to be
@@ -310,6 +366,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
         - replaced_before;
     let leased = cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await
         - leased_before;
+    let revalidated_from_cache = cache_revalidation_hits(&client, &app).await
+        + cache_revalidation_hits(&client, &peer).await;
     pg_proxy.set_mode(Mode::Pass);
     redis_proxy.set_mode(Mode::Pass);
 
@@ -406,11 +464,29 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
             };
             correct &= api_rows(&reply.json()) == expected;
         }
+        // Each task's version entry is garbage too: a revalidation with the current ETag is a
+        // 304, with an older one the task (read from the database).
+        let mut revalidations = Vec::new();
+        for (id, _, version) in &truth {
+            for (sent, expected) in [(*version, 304), (version - 1, 200)] {
+                let reply = exchange(
+                    client
+                        .get(peer.url(&format!("/api/tasks/{id}")))
+                        .header("if-none-match", format!("\"v{sent}\"")),
+                )
+                .await
+                .unwrap();
+                revalidations.push(reply.status);
+                correct &= reply.status == expected
+                    && (expected == 304 || reply.json()["version"].as_i64() == Some(*version));
+            }
+        }
         let after = cache_counters(&client, &peer).await;
         garbage_rounds.push(json!({
             "variant": variant,
             "entries_overwritten": keys.len(),
             "statuses": statuses,
+            "revalidations": revalidations,
             "correct": correct,
             "hits": after.0 - before.0,
             "misses": after.1 - before.1,
@@ -497,6 +573,7 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
 
     let all = race.rec.all();
     let reads = Summary::of(all.iter().filter(|r| r.kind == "read"));
+    let revalidations = Summary::of(all.iter().filter(|r| r.kind == "revalidate"));
     let writes = Summary::of(all.iter().filter(|r| r.kind == "write"));
     let (hits, misses) = (
         counters_after.0 - counters_before.0,
@@ -510,6 +587,8 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     figures.set_ms("pg_added_latency_each_way_ms", PG_DELAY);
     figures.set_ms("redis_added_latency_each_way_ms", REDIS_DELAY);
     figures.set("reads", reads.to_json());
+    figures.set("revalidations", revalidations.to_json());
+    figures.set("revalidations_from_the_cache", revalidated_from_cache);
     figures.set("writes", writes.to_json());
     figures.set("acknowledged_writes", acked_writes);
     figures.set("stale_reads", race.stale_reads());
@@ -538,9 +617,14 @@ async fn stale_cache_race_with_a_delayed_cache_write() {
     figures.emit();
 
     assert_eq!(reads.failed, 0, "failed reads");
+    assert_eq!(revalidations.failed, 0, "failed revalidations");
     assert_eq!(writes.failed, 0, "failed writes");
     race.assert_no_stale_read();
     assert!(acked_writes > 0 && reads.count > 0, "no load ran");
+    assert!(
+        revalidated_from_cache > 0.0,
+        "no revalidation was answered from the cache"
+    );
     // Updates were written through into the readers' page (not only plain bumps): the race
     // above covered that path too.
     assert!(replaced > 0.0, "no update was written through");
@@ -606,7 +690,7 @@ async fn write_through_race_between_two_replicas() {
     let leased_before =
         cache_lease_hits(&client, &app).await + cache_lease_hits(&client, &peer).await;
 
-    let race = Race::new(WRITERS, LOAD);
+    let race = Race::new(&ids, LOAD);
     let mut tasks = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         tasks.push(race.writer(if i % 2 == 0 { &app } else { &peer }, i, *id, 0));
@@ -640,6 +724,7 @@ async fn write_through_race_between_two_replicas() {
 
     let all = race.rec.all();
     let reads = Summary::of(all.iter().filter(|r| r.kind == "read"));
+    let revalidations = Summary::of(all.iter().filter(|r| r.kind == "revalidate"));
     let writes = Summary::of(all.iter().filter(|r| r.kind == "write"));
     let acked_writes = race.acked_writes();
     figures.set("writers", WRITERS);
@@ -651,11 +736,13 @@ async fn write_through_race_between_two_replicas() {
     figures.set("pages_written_through_app", replaced.0);
     figures.set("pages_written_through_peer", replaced.1);
     figures.set("hits_on_a_lease", leased);
+    figures.set("revalidations", revalidations.to_json());
     figures.set("stale_reads", race.stale_reads());
     figures.set("end_reads_agree_with_db", json!(agree));
     figures.emit();
 
     assert_eq!(reads.failed, 0, "failed reads");
+    assert_eq!(revalidations.failed, 0, "failed revalidations");
     assert_eq!(writes.failed, 0, "failed writes");
     race.assert_no_stale_read();
     assert!(
