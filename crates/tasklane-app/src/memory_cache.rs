@@ -17,7 +17,7 @@ use tasklane_domain::{CacheError, CacheLookup, Generation, Replacement, TaskCach
 pub struct MemoryCacheSettings {
     /// How long an entry is served after it was stored.
     pub ttl: Duration,
-    /// At most this many entries; storing one more evicts the oldest.
+    /// At most this many entries; storing one more evicts the oldest (an eighth of them).
     pub max_entries: usize,
     /// At most this many bytes of keys and values in all; a single value larger than this is
     /// not stored. A list page can be large (500 tasks of up to 10,000 characters each), so the
@@ -35,9 +35,9 @@ impl Default for MemoryCacheSettings {
     }
 }
 
-/// A list cache in this process's memory. Every call takes a lock for a few microseconds and
-/// never waits on anything else, so the deadlines the port passes are always met and are not
-/// consulted.
+/// A cache of list pages and task versions in this process's memory. Every call takes a lock
+/// for a few microseconds and never waits on anything else, so the deadlines the port passes
+/// are always met and are not consulted.
 pub struct MemoryTaskCache {
     settings: MemoryCacheSettings,
     state: Mutex<State>,
@@ -68,7 +68,9 @@ impl State {
     }
 
     /// Evicts entries until one more of `incoming` bytes fits within both bounds: first the
-    /// expired ones, then the oldest (with a single TTL, the soonest to expire).
+    /// expired ones, then the oldest (with a single TTL, the soonest to expire), an eighth of
+    /// each bound more than the new entry needs, so that a full cache taking a stream of new
+    /// keys (task versions) sorts its entries once per eighth, not on every store.
     fn make_room(&mut self, incoming: usize, settings: &MemoryCacheSettings, now: Instant) {
         let fits = |s: &State| {
             s.entries.len() < settings.max_entries && s.bytes + incoming <= settings.max_bytes
@@ -88,6 +90,10 @@ impl State {
         if fits(self) {
             return;
         }
+        let roomy = |s: &State| {
+            s.entries.len() + settings.max_entries / 8 < settings.max_entries
+                && s.bytes + incoming + settings.max_bytes / 8 <= settings.max_bytes
+        };
         let mut by_age: Vec<(Instant, String)> = self
             .entries
             .iter()
@@ -95,7 +101,7 @@ impl State {
             .collect();
         by_age.sort_unstable();
         for (_, key) in by_age {
-            if fits(self) {
+            if roomy(self) {
                 return;
             }
             self.remove(&key);
@@ -346,6 +352,28 @@ mod tests {
         put(&c, "c", g, b"33").await;
         assert!(is_hit(&c, "b").await && is_hit(&c, "c").await);
         assert_eq!(c.state().entries.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_makes_room_for_an_eighth_more_at_once() {
+        let c = cache(Duration::from_secs(60), 16, 1 << 20);
+        let g = generation(&c).await;
+        for k in 0..16 {
+            put(&c, &format!("task:{k}:version"), g, b"12345678").await;
+        }
+        assert_eq!(c.state().entries.len(), 16);
+        put(&c, "list:s=;l=100;c=;q=", g, b"[]").await;
+        // The three oldest went (room for the new entry and two more), and the new one is in.
+        assert_eq!(c.state().entries.len(), 14);
+        assert!(is_hit(&c, "list:s=;l=100;c=;q=").await);
+        for k in 0..3 {
+            assert!(!is_hit(&c, &format!("task:{k}:version")).await);
+        }
+        assert!(is_hit(&c, "task:3:version").await);
+        // The next two stores have room without evicting.
+        put(&c, "task:98:version", g, b"12345678").await;
+        put(&c, "task:99:version", g, b"12345678").await;
+        assert_eq!(c.state().entries.len(), 16);
     }
 
     #[tokio::test]

@@ -165,8 +165,9 @@ pub struct Replacement {
     pub value: Bytes,
 }
 
-/// A shared cache of rendered list pages, keyed by [`ListQuery::cache_key`]. Values are opaque
-/// bytes: the caller decides what they hold.
+/// A shared cache of rendered list pages (keyed by [`ListQuery::cache_key`]) and task versions
+/// (keyed by [`crate::version_key`]). Values are opaque bytes: the caller decides what they
+/// hold.
 ///
 /// Contract: `lookup` returns `Hit` only for an entry stored under the generation current at
 /// the time of the lookup (read in the same round trip); an entry that cannot be read (corrupt,

@@ -3,7 +3,8 @@
 //!
 //! - a list read that begins after a write was acknowledged never misses that write: writes
 //!   bump the cache generation before they are acknowledged, and a hit must carry the current
-//!   generation (checked in the same round trip as the entry is fetched);
+//!   generation (checked in the same round trip as the entry is fetched); the same holds for a
+//!   task's revalidation answered from its cached version ([`TaskService::get_unless`]);
 //! - a write whose bump failed leaves a debt, paid (by bumping) before this process uses the
 //!   cache again, by its next reader or by the next write whose bump is made;
 //! - the writes that finish while a bump is on its way share the next one (see `bumps`);
