@@ -12,9 +12,10 @@
 //! payload ([`COPY_OVERHEAD`]), so that many small copies (task versions) are bounded as honestly
 //! as a few large ones (list pages). When full, the least recently used copies go, an eighth of
 //! the budget at a time (one scan frees room for many copies, so a stream of new keys does not
-//! pay a scan each); a payload larger than an eighth of the budget is never copied. No copy is kept of an entry stored under a generation
-//! other than the last one this process saw in Redis (after a bump, or in a lookup's reply): it
-//! is stale already, and its next reader would pay a round trip to find that out.
+//! pay a scan each); a payload larger than an eighth of the budget is never copied. No copy is
+//! kept of an entry stored under a generation other than the last one this process saw in Redis
+//! (after a bump, or in a lookup's reply): it is stale already, and its next reader would pay a
+//! round trip to find that out.
 
 use bytes::Bytes;
 use std::collections::HashMap;
