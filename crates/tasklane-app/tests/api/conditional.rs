@@ -41,8 +41,15 @@ async fn revalidate(app: &TestApp, path: &str, etag: &str) -> reqwest::Response 
 
 #[tokio::test]
 async fn a_revalidation_is_answered_from_the_cached_version_until_any_replica_writes() {
-    let app = spawn_app().await;
-    let replica = app.spawn_replica().await;
+    // Counted outcomes: a cache call slower than the default 100 ms budget on a loaded machine
+    // would read the store instead and be counted as a miss.
+    let generous = || vec![("TASKLANE_CACHE_TIMEOUT_MS", "5000".to_owned())];
+    let app = spawn_app_with(Options {
+        extra: generous(),
+        ..Options::default()
+    })
+    .await;
+    let replica = app.spawn_replica(generous()).await;
     let task = app.create("polled").await;
     let path = format!("/api/tasks/{}", task["id"]);
 

@@ -80,13 +80,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 }
 
 impl TestApp {
-    /// Another server on the same database and the same Redis keys: a second replica.
-    pub async fn spawn_replica(&self) -> TestApp {
+    /// Another server on the same database and the same Redis keys, with `extra` settings: a
+    /// second replica.
+    pub async fn spawn_replica(&self, mut extra: Vec<(&'static str, String)>) -> TestApp {
+        extra.push(("DATABASE_URL", self.db.url()));
+        extra.push(("TASKLANE_CACHE_KEY_PREFIX", self.prefix.clone()));
         spawn_app_with(Options {
-            extra: vec![
-                ("DATABASE_URL", self.db.url()),
-                ("TASKLANE_CACHE_KEY_PREFIX", self.prefix.clone()),
-            ],
+            extra,
             ..Options::default()
         })
         .await
