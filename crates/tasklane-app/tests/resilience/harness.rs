@@ -440,28 +440,25 @@ pub async fn cache_counters(client: &Client, app: &App) -> (f64, f64, f64) {
     )
 }
 
-/// The list pages updates were written through into, as `/metrics` says.
-pub async fn cache_replaced(client: &Client, app: &App) -> f64 {
-    let m = metrics(client, app).await;
-    m.get("tasklane_cache_replaced_total")
-        .copied()
-        .unwrap_or(0.0)
+/// A counter without labels, as `/metrics` says (0 when absent).
+pub async fn counter(client: &Client, app: &App, name: &str) -> f64 {
+    metrics(client, app).await.get(name).copied().unwrap_or(0.0)
 }
 
-/// The list reads served on a lease, without a round trip to Redis, as `/metrics` says.
+/// The list pages updates were written through into, as `/metrics` says.
+pub async fn cache_replaced(client: &Client, app: &App) -> f64 {
+    counter(client, app, "tasklane_cache_replaced_total").await
+}
+
+/// The cache hits (list pages, task versions) served on a lease, without a round trip to
+/// Redis, as `/metrics` says.
 pub async fn cache_lease_hits(client: &Client, app: &App) -> f64 {
-    let m = metrics(client, app).await;
-    m.get("tasklane_cache_lease_hits_total")
-        .copied()
-        .unwrap_or(0.0)
+    counter(client, app, "tasklane_cache_lease_hits_total").await
 }
 
 /// The conditional task reads answered from a cached version, as `/metrics` says.
 pub async fn cache_revalidation_hits(client: &Client, app: &App) -> f64 {
-    let m = metrics(client, app).await;
-    m.get("tasklane_cache_revalidation_hits_total")
-        .copied()
-        .unwrap_or(0.0)
+    counter(client, app, "tasklane_cache_revalidation_hits_total").await
 }
 
 /// The circuit breaker's state, as `/metrics` says.
