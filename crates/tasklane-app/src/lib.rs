@@ -9,6 +9,7 @@ pub mod jobs;
 pub mod memory_cache;
 pub mod metrics;
 pub mod routes;
+pub mod security_headers;
 pub mod settings;
 pub mod startup;
 pub mod state;

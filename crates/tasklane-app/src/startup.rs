@@ -4,6 +4,7 @@
 use crate::memory_cache::{MemoryCacheSettings, MemoryTaskCache};
 use crate::metrics::{metrics_middleware, Metrics, PoolGauges, RedisGauges};
 use crate::routes;
+use crate::security_headers::SecurityHeaders;
 use crate::settings::StoreKind;
 use crate::settings::{Settings, SettingsError};
 use crate::state::AppState;
@@ -11,7 +12,7 @@ use crate::telemetry::request_id_middleware;
 use actix_cors::Cors;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::http::header;
-use actix_web::middleware::{from_fn, Condition, DefaultHeaders};
+use actix_web::middleware::{from_fn, Condition};
 use actix_web::{web, App, HttpServer};
 use secrecy::ExposeSecret;
 use std::net::TcpListener;
@@ -330,18 +331,6 @@ impl ShutdownHandle {
 }
 
 /// Security headers, on every response (the API's and the page's).
-fn api_headers() -> DefaultHeaders {
-    DefaultHeaders::new()
-        .add((header::CACHE_CONTROL, "no-cache"))
-        .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .add((header::REFERRER_POLICY, "no-referrer"))
-        .add((header::X_FRAME_OPTIONS, "DENY"))
-        .add((
-            header::CONTENT_SECURITY_POLICY,
-            crate::ui::CONTENT_SECURITY_POLICY,
-        ))
-}
-
 fn cors(origins: &[String]) -> Cors {
     origins
         .iter()
@@ -438,7 +427,7 @@ impl Application {
                 .app_data(data.clone())
                 .app_data(metrics.clone())
                 .wrap(Condition::new(!origins.is_empty(), cors(&origins)))
-                .wrap(api_headers())
+                .wrap(SecurityHeaders)
                 .wrap(from_fn(request_id_middleware))
                 .wrap(from_fn(metrics_middleware))
                 .configure(routes::api)

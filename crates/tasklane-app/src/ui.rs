@@ -66,18 +66,21 @@ pub fn serve(req: &HttpRequest) -> Option<HttpResponse> {
         p => p,
     };
     let asset = assets().get(path)?;
-    let not_modified = if_none_match(req.headers(), &asset.etag);
-    let mut res = if not_modified {
-        HttpResponse::NotModified()
-    } else {
-        HttpResponse::Ok()
-    };
-    res.insert_header((header::ETAG, asset.etag.as_str()))
-        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY));
-    if not_modified {
-        return Some(res.finish());
+    if if_none_match(req.headers(), &asset.etag) {
+        // With no policy: the page the browser holds has it (see `security_headers`).
+        return Some(
+            HttpResponse::NotModified()
+                .insert_header((header::ETAG, asset.etag.as_str()))
+                .finish(),
+        );
     }
-    Some(res.content_type(asset.content_type).body(asset.body))
+    Some(
+        HttpResponse::Ok()
+            .insert_header((header::ETAG, asset.etag.as_str()))
+            .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+            .content_type(asset.content_type)
+            .body(asset.body),
+    )
 }
 
 /// The handler for `GET /` and `GET /{file}`.

@@ -149,7 +149,8 @@ async fn counts_follow_every_write() {
 }
 
 #[tokio::test]
-async fn every_api_answer_carries_the_security_headers_and_a_request_id() {
+async fn every_api_answer_carries_the_security_headers_and_a_request_id_a_304_only_what_caches_need(
+) {
     let app = spawn_app().await;
     for res in [
         app.get("/api/tasks").await,
@@ -166,7 +167,47 @@ async fn every_api_answer_carries_the_security_headers_and_a_request_id() {
             header(&res, "referrer-policy").as_deref(),
             Some("no-referrer")
         );
+        assert_eq!(header(&res, "x-frame-options").as_deref(), Some("DENY"));
+        assert!(header(&res, "content-security-policy").is_some());
         assert!(header(&res, "x-request-id").is_some_and(|id| id.len() >= 16));
+    }
+    // A 304 repeats what a cache needs (RFC 9110 section 15.4.5) and not the security headers:
+    // the response the client holds has them, and it keeps them. The same for the page.
+    let task = app.create("held").await;
+    for path in [
+        format!("/api/tasks/{}", task["id"]),
+        "/api/tasks".to_owned(),
+        "/".to_owned(),
+    ] {
+        let held = app.get(&path).await;
+        assert_eq!(held.status(), 200, "{path}");
+        assert_eq!(
+            held.headers()
+                .get_all("content-security-policy")
+                .iter()
+                .count(),
+            1,
+            "{path}"
+        );
+        let etag = header(&held, "etag").unwrap_or_default();
+        let res = app
+            .send(
+                app.request(Method::GET, &path)
+                    .header("If-None-Match", &etag),
+            )
+            .await;
+        assert_eq!(res.status(), 304, "{path}");
+        assert_eq!(header(&res, "etag"), Some(etag), "{path}");
+        assert_eq!(header(&res, "cache-control").as_deref(), Some("no-cache"));
+        assert!(header(&res, "x-request-id").is_some_and(|id| id.len() >= 16));
+        for name in [
+            "x-content-type-options",
+            "referrer-policy",
+            "x-frame-options",
+            "content-security-policy",
+        ] {
+            assert_eq!(header(&res, name), None, "{path}: {name}");
+        }
     }
     // A caller's plain request id is kept; a hostile one is replaced.
     let res = app
