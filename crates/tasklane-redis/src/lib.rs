@@ -604,20 +604,35 @@ impl RedisTaskCache {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", name = "redis.lookup", skip(self, deadline))]
-    async fn lookup_inner(
+    /// What this process holds of `key`; a hit on a lease is counted.
+    fn held(&self, key: &str, now: Instant) -> Held {
+        let Some((copied_under, payload)) = self.local.get(key, now) else {
+            return Held::Unvouched(None);
+        };
+        match self.leases.current(now) {
+            Some((leased, false)) if leased == copied_under => {
+                self.leases.hit();
+                Held::Leased(payload)
+            }
+            _ => Held::Unvouched(Some((copied_under, payload))),
+        }
+    }
+
+    /// A lookup that asks Redis: the generation for a local copy no lease vouches for, or the
+    /// entry itself.
+    #[tracing::instrument(
+        level = "debug",
+        name = "redis.lookup",
+        skip(self, copy, sent, deadline)
+    )]
+    async fn lookup_in_redis(
         &self,
         key: &str,
+        copy: Option<(Generation, Bytes)>,
+        sent: Instant,
         deadline: Instant,
     ) -> Result<CacheLookup, RedisCacheError> {
-        let sent = Instant::now();
-        if let Some((copied_under, payload)) = self.local.get(key, sent) {
-            if let Some((leased, renew)) = self.leases.current(sent) {
-                if leased == copied_under && !renew {
-                    self.leases.hit();
-                    return Ok(CacheLookup::Hit(payload));
-                }
-            }
+        if let Some((copied_under, payload)) = copy {
             // The generation from Redis; taking (or renewing) a lease on the way if this
             // process can and no other lookup is doing so already.
             self.ensure_subscriber();
@@ -828,10 +843,27 @@ impl RedisTaskCache {
     }
 }
 
+/// What this process holds of a key, before any round trip.
+enum Held {
+    /// A local copy a current lease vouches for: a hit without a round trip.
+    Leased(Bytes),
+    /// A local copy (and the generation it was made under) that Redis must confirm, or none.
+    Unvouched(Option<(Generation, Bytes)>),
+}
+
 #[async_trait]
 impl TaskCache for RedisTaskCache {
     async fn lookup(&self, key: &str, deadline: Instant) -> Result<CacheLookup, CacheError> {
-        Ok(self.lookup_inner(key, deadline).await?)
+        let sent = Instant::now();
+        match self.held(key, sent) {
+            Held::Leased(payload) => Ok(CacheLookup::Hit(payload)),
+            // Boxed apart: the round trip's state is some 8 KB, and this future, which every
+            // lookup allocates, stays small for the hits above (an allocation of 8 KB is not
+            // served from the allocator's per-thread cache).
+            Held::Unvouched(copy) => {
+                Ok(Box::pin(self.lookup_in_redis(key, copy, sent, deadline)).await?)
+            }
+        }
     }
 
     async fn store(

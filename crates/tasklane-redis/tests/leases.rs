@@ -60,6 +60,19 @@ async fn redis_now_ms(conn: &mut redis::aio::MultiplexedConnection) -> Result<u6
 }
 
 #[tokio::test]
+async fn a_lookup_allocates_a_small_future_and_a_round_trip_its_own() -> TestResult {
+    // Every lookup allocates its future (async_trait boxes it), hits on a lease included. A
+    // round trip's state is some 8 KB, past glibc's per-thread cache (1,032 bytes): it must not
+    // be part of that future, or every hit pays the allocator's slow path.
+    let cache = cache(shared_redis_url(), unique_prefix())?;
+    let lookup = cache.lookup("k", deadline());
+    let size = std::mem::size_of_val(&*lookup);
+    assert!(size <= 512, "a lookup's future takes {size} bytes");
+    drop(lookup);
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_replica_holding_a_lease_serves_hits_without_asking_redis() -> TestResult {
     // A private server: its command count is this test's alone.
     let server = RedisServer::spawn().await?;
