@@ -330,7 +330,6 @@ impl ShutdownHandle {
     }
 }
 
-/// Security headers, on every response (the API's and the page's).
 fn cors(origins: &[String]) -> Cors {
     origins
         .iter()
