@@ -14,7 +14,7 @@ run:
 test:
     ./scripts/test.sh
 
-# What CI runs: format check, clippy, the domain's dependency rule, every test.
+# What CI runs: format check, clippy, the docs, the domain's dependency rule, every test.
 ci:
     bash .ci/run
 
@@ -22,9 +22,10 @@ ci:
 fmt:
     cargo fmt --all
 
-# Lint: clippy with warnings as errors, and the domain's no-I/O rule.
+# Lint: clippy and the docs with warnings as errors, and the domain's no-I/O rule.
 lint:
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --locked
     scripts/check-domain-deps.sh
 
 # Apply the database migrations to DATABASE_URL and exit.

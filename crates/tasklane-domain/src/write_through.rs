@@ -27,6 +27,8 @@
 //!
 //! Creates and deletes change which tasks a page holds, and filtered pages (status, text) may
 //! gain or lose the updated task: for those the bump is a plain one and the pages miss.
+//!
+//! [`TaskCache::bump_generation_replacing`]: crate::ports::TaskCache::bump_generation_replacing
 
 use crate::ports::{Generation, Replacement};
 use crate::query::{ListQuery, Page};

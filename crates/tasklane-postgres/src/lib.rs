@@ -4,7 +4,7 @@
 //! of the same page waiting to start share one statement (`joined_lists.rs`), and the schema
 //! migrations embedded from `migrations/postgres/`.
 //!
-//! Start-up is [`build_pool`] (makes no connection), then [`migrate`], then
+//! Start-up is [`build_pool`] (makes no connection), then [`migrate`](fn@migrate), then
 //! [`PgTaskRepository::new`]. Every call the repository makes is bounded in time: waiting for,
 //! creating and recycling a pooled connection by the pool's timeouts, and each query by the
 //! repository's query timeout, after which the connection is cancelled and discarded; an update

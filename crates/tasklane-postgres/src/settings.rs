@@ -57,7 +57,7 @@ pub enum SetupError {
 }
 
 /// Builds the pool. It makes no connection: the first one is opened by the first caller (or by
-/// [`crate::migrate`]), so start-up can retry an unreachable database as it sees fit.
+/// [`migrate`](fn@crate::migrate)), so start-up can retry an unreachable database as it sees fit.
 ///
 /// # Errors
 /// [`SetupError`] for a malformed URL, a zero pool size or a configuration deadpool refuses.

@@ -8,16 +8,16 @@
 //!   `list:...` a rendered list page, `task:{id}:version` a task's version.
 //!
 //! - `p:leases`, `p:lease-bumps`, `p:lease-acks:{replica}`: the lease registry and channels (see
-//!   [`lease`]).
+//!   `lease.rs`).
 //!
 //! A lookup is one round trip (`MGET gen entry`) and hits only when the entry's generation is
 //! the current one, so a value computed before a write can never be served after that write's
-//! bump. Every bump is one Lua script ([`BUMP`]); one that writes an update through
+//! bump. Every bump is one Lua script (`BUMP`); one that writes an update through
 //! ([`TaskCache::bump_generation_replacing`]) stores the entries it replaces in the same script,
 //! so that no lookup sees the new generation without them. An entry this process has already
-//! read or written is kept as a local copy (see [`local`]), and then the round trip is a `GET
+//! read or written is kept as a local copy (see `local.rs`), and then the round trip is a `GET
 //! gen` alone: the same check, without the page; or none at all while the process holds a lease
-//! on the generation (see [`lease`]), which every bump's writer waits on before it returns.
+//! on the generation (see `lease.rs`), which every bump's writer waits on before it returns.
 //! Every call gives up at its deadline (a bump's wait for lease holders may run up to one lease
 //! time past it); a circuit breaker stops calling a Redis that keeps failing and probes it again
 //! after a cool-down, except for a write's bump, which is always sent: one not made would leave
@@ -62,10 +62,10 @@ pub struct RedisSettings {
     pub breaker_threshold: u32,
     /// How long an open breaker fails calls fast before it lets one probe through.
     pub breaker_cooldown: Duration,
-    /// The bytes of local copies of entries this process keeps (0: none); see [`local`].
+    /// The bytes of local copies of entries this process keeps (0: none); see `local.rs`.
     pub local_copy_bytes: usize,
     /// How long a lease lasts (zero: this process takes none, and checks the generation in
-    /// Redis on every hit); see [`lease`]. A bump may wait this long for a replica that stopped
+    /// Redis on every hit); see `lease.rs`. A bump may wait this long for a replica that stopped
     /// answering, past the caller's deadline if need be, so it must be well within the callers'
     /// deadlines. Every replica must use the same value.
     pub lease_time: Duration,
@@ -143,7 +143,7 @@ pub enum RedisCacheError {
     Command(#[source] RedisError),
     /// A bump was made, but named a replica's lease running longer than this replica's lease
     /// time (replicas with different lease times), so it may be served on past the wait; see
-    /// [`lease`].
+    /// `lease.rs`.
     #[error("a replica's lease runs longer than this replica's lease time")]
     LeaseTooLong,
 }

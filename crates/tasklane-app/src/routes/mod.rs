@@ -55,7 +55,7 @@ pub async fn openapi_json() -> HttpResponse {
         .body(doc.as_str())
 }
 
-/// The document as served: the annotations' document, finished by [`finish_document`].
+/// The document as served: the annotations' document, finished by `finish_document`.
 pub fn document() -> String {
     let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
         Ok(doc) => doc,
