@@ -346,20 +346,17 @@ pub async fn get_task(
 ) -> Result<HttpResponse, ApiError> {
     let id = task_id(&id)?;
     let headers = req.headers();
-    let task = if headers.contains_key(header::IF_NONE_MATCH) {
-        // A revalidation: the task's version may be answered from the cache.
-        let known = |version| if_none_match(headers, &task_etag(version));
-        match state.service.get_unless(id, known).await? {
-            Revalidated::Unchanged(version) => return Ok(not_modified(version)),
-            Revalidated::Current(task) => task,
-        }
-    } else {
-        state.service.get(id).await?
-    };
-    if if_none_match(headers, &task_etag(task.version)) {
-        return Ok(not_modified(task.version));
+    if !headers.contains_key(header::IF_NONE_MATCH) {
+        return task_response(StatusCode::OK, &state.service.get(id).await?);
     }
-    task_response(StatusCode::OK, &task)
+    // A revalidation: the task's version may be answered from the cache.
+    let known = |version| if_none_match(headers, &task_etag(version));
+    match state.service.get_unless(id, &known).await? {
+        Revalidated::Unchanged(version) => Ok(not_modified(version)),
+        // Read from the store: its version may still be one the client has.
+        Revalidated::Current(task) if known(task.version) => Ok(not_modified(task.version)),
+        Revalidated::Current(task) => task_response(StatusCode::OK, &task),
+    }
 }
 
 /// A 304 for a task at `version`.
