@@ -8,8 +8,10 @@
 #   2. hadolint on every deploy/*.Dockerfile.
 #   3. kubernetes-validate (offline schemas, strict) on deploy/kubernetes/*.yaml.
 #   4. pytest deploy/tests: the compose file's security properties, the nginx template
-#      rendered and accepted by `nginx -t` (Debian's nginx 1.22, installed if absent), the
-#      Dockerfiles, the Kubernetes manifests and deploy/secrets.sh.
+#      rendered and accepted by `nginx -t` (Debian's nginx 1.22, installed if absent) and
+#      running in front of stub replicas, the Dockerfiles, the Kubernetes manifests and
+#      deploy/secrets.sh. When nginx does not start, the failure quotes what nginx printed; a
+#      port taken between picking it and nginx binding it is picked again (test_harness.py).
 #
 # Tools go into a venv under ${TASKLANE_DEPLOY_CACHE:-~/.cache/tasklane}, keyed by the hash of
 # deploy/tests/requirements.txt, so a second run installs nothing.

@@ -21,8 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import DEPLOY, nginx_bin
-from twin import CSP, MiniDNS, common_free_port, free_port, request
+from conftest import DEPLOY
+from twin import CSP, MiniDNS, PortTaken, common_free_port, free_port, request, spawn_nginx
 
 IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
@@ -91,38 +91,42 @@ def stack():
     (work / "www" / "index.html").write_text("<!DOCTYPE html><html><body>" + "Tasklane " * 60 + "</body></html>\n")
     (work / "www" / "index.html").chmod(0o644)
     port = common_free_port(IPS)
-    http_port = free_port()
     dns = MiniDNS("api")
     stubs = {ip: Stub(ip, port) for ip in IPS[:2]}
     dns.set(IPS[:2])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NGINX_")}
-    env.update(
-        NGINX_LISTEN=f"127.0.0.1:{http_port}",
-        NGINX_RESOLVER=f"127.0.0.1:{dns.port}",
-        NGINX_API_UPSTREAM=f"api:{port}",
-        NGINX_ROOT=str(work / "www"),
-        NGINX_RUNTIME_DIR=str(work / "run"),
-        NGINX_ACCESS_LOG=str(work / "access.log"),
-        NGINX_ERROR_LOG=str(work / "error.log"),
-    )
-    conf = work / "nginx.conf"
-    conf.write_text(subprocess.run(["sh", str(DEPLOY / "nginx" / "render.sh")], env=env, check=True,
-                                   capture_output=True, text=True, timeout=30).stdout)
-    proc = subprocess.Popen([nginx_bin(), "-e", "stderr", "-p", str(work), "-c", str(conf), "-g", "daemon off;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = None
     try:
-        deadline = time.monotonic() + 15
-        while request("127.0.0.1", http_port, "GET", "/healthz", timeout=1).status != 200:
-            assert proc.poll() is None and time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.1)
+        for attempt in range(1, 4):
+            http_port = free_port()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("NGINX_")}
+            env.update(
+                NGINX_LISTEN=f"127.0.0.1:{http_port}",
+                NGINX_RESOLVER=f"127.0.0.1:{dns.port}",
+                NGINX_API_UPSTREAM=f"api:{port}",
+                NGINX_ROOT=str(work / "www"),
+                NGINX_RUNTIME_DIR=str(work / "run"),
+                NGINX_ACCESS_LOG=str(work / "access.log"),
+                NGINX_ERROR_LOG=str(work / "error.log"),
+            )
+            conf = work / "nginx.conf"
+            conf.write_text(subprocess.run(["sh", str(DEPLOY / "nginx" / "render.sh")], env=env, check=True,
+                                           capture_output=True, text=True, timeout=30).stdout)
+            try:
+                # Raises with nginx's own output when it exits or never answers.
+                proc = spawn_nginx(work, conf, http_port, work / "nginx-stderr.log", timeout=15)
+                break
+            except PortTaken:
+                if attempt == 3:
+                    raise
         yield dict(port=port, http_port=http_port, dns=dns, stubs=stubs, work=work)
     finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        if proc is not None:
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
         for s in stubs.values():
             s.close()
         dns.close()

@@ -262,6 +262,46 @@ def tail(path: pathlib.Path, n=30) -> str:
         return "(no log)"
 
 
+def nginx_path() -> str:
+    nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+    if not nginx:
+        raise RuntimeError("nginx is not installed")
+    return nginx
+
+
+class PortTaken(RuntimeError):
+    """nginx could not bind the port picked for it. The port was free when picked (free_port)
+    and something took it before nginx bound it: any process's outgoing connection may be
+    given it as its local port, even the readiness probe's own (a TCP connection to a port
+    nobody listens on can connect to itself). The caller picks another port and starts again."""
+
+
+def spawn_nginx(work: pathlib.Path, conf: pathlib.Path, http_port: int, stderr_log: pathlib.Path,
+                timeout=20.0) -> subprocess.Popen:
+    """Starts nginx on `conf` (which listens on 127.0.0.1:http_port) and waits until it answers
+    /healthz. nginx's own output goes to `stderr_log`; when nginx exits or never answers, the
+    error says what nginx printed. Raises PortTaken when nginx could not bind its port."""
+    with open(stderr_log, "wb") as out:
+        proc = subprocess.Popen(
+            [nginx_path(), "-e", "stderr", "-p", str(work), "-c", str(conf), "-g", "daemon off;"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            printed = tail(stderr_log)
+            if "Address already in use" in printed:
+                raise PortTaken(f"nginx could not bind 127.0.0.1:{http_port}: {printed}")
+            raise RuntimeError(f"nginx exited with {proc.returncode}: {printed}")
+        if request("127.0.0.1", http_port, "GET", "/healthz", timeout=2).status == 200:
+            return proc
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(timeout=10)
+            raise RuntimeError(f"nginx did not answer /healthz within {timeout:.0f} s: {tail(stderr_log)}")
+        time.sleep(0.1)
+
+
 class Replica:
     def __init__(self, twin: "Twin", ip: str):
         self.twin = twin
@@ -385,10 +425,11 @@ class Twin:
 
     def render_nginx(self) -> pathlib.Path:
         www = self.work / "www"
-        shutil.copytree(FRONTEND, www)
-        for p in [www, *www.rglob("*")]:
-            p.chmod(0o755 if p.is_dir() else 0o644)
-        (self.work / "run").mkdir()
+        if not www.exists():
+            shutil.copytree(FRONTEND, www)
+            for p in [www, *www.rglob("*")]:
+                p.chmod(0o755 if p.is_dir() else 0o644)
+        (self.work / "run").mkdir(exist_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("NGINX_")}
         env.update(
             NGINX_LISTEN=f"127.0.0.1:{self.http_port}",
@@ -407,29 +448,25 @@ class Twin:
         conf.write_text(out.stdout)
         return conf
 
-    def start_nginx(self, conf: pathlib.Path):
-        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-        if not nginx:
-            raise RuntimeError("nginx is not installed")
-        t = subprocess.run([nginx, "-t", "-q", "-e", "stderr", "-p", str(self.work), "-c", str(conf)],
-                           capture_output=True, text=True, timeout=30)
-        if t.returncode != 0:
-            raise RuntimeError(f"nginx -t refused the rendered config: {t.stderr}")
-        out = open(self.logs / "nginx-stderr.log", "wb")
-        self.nginx = subprocess.Popen(
-            [nginx, "-e", "stderr", "-p", str(self.work), "-c", str(conf), "-g", "daemon off;"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        out.close()
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.nginx.poll() is not None:
-                raise RuntimeError(f"nginx exited: {tail(self.logs / 'nginx-stderr.log')}")
-            if request("127.0.0.1", self.http_port, "GET", "/healthz", timeout=2).status == 200:
-                log(f"nginx on 127.0.0.1:{self.http_port} (pid {self.nginx.pid})")
-                return
-            time.sleep(0.1)
-        raise RuntimeError("nginx did not start listening")
+    def start_nginx(self):
+        """Renders the config and starts nginx on it, on another port if the one picked was
+        taken before nginx could bind it (PortTaken)."""
+        for attempt in range(1, 4):
+            conf = self.render_nginx()
+            t = subprocess.run([nginx_path(), "-t", "-q", "-e", "stderr", "-p", str(self.work), "-c", str(conf)],
+                               capture_output=True, text=True, timeout=30)
+            if t.returncode != 0:
+                raise RuntimeError(f"nginx -t refused the rendered config: {t.stderr}")
+            try:
+                self.nginx = spawn_nginx(self.work, conf, self.http_port, self.logs / f"nginx-stderr-{attempt}.log")
+            except PortTaken as e:
+                if attempt == 3:
+                    raise
+                log(f"{e}; trying another port")
+                self.http_port = free_port()
+                continue
+            log(f"nginx on 127.0.0.1:{self.http_port} (pid {self.nginx.pid})")
+            return
 
     # -- helpers
 
@@ -597,8 +634,7 @@ def phase_startup(t: Twin):
     R.check(demo.returncode == 0, "`tasklane demo-data` inserts the sample tasks",
             f"exit {demo.returncode} {demo.stderr.strip()[-300:]}")
 
-    conf = t.render_nginx()
-    t.start_nginx(conf)
+    t.start_nginx()
 
 
 def phase_verification(t: Twin):
