@@ -83,6 +83,8 @@ DB_BASE="tlbench_$$"
 KEY_PREFIX="tlbench-$RUN_ID"
 DATABASES=()
 TL_PID=""
+CO_PID=""
+L_PID=""
 NGINX_PID=""
 BG_PIDS=()
 STARTED_PG=""
@@ -96,6 +98,9 @@ cleanup() {
   set +e
   for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null; done
   [ -n "$TL_PID" ] && kill -TERM "$TL_PID" 2>/dev/null && wait "$TL_PID" 2>/dev/null
+  [ -n "$CO_PID" ] && kill -TERM "$CO_PID" 2>/dev/null && wait "$CO_PID" 2>/dev/null
+  # One that was starting when the script stopped.
+  [ -n "$L_PID" ] && kill -TERM "$L_PID" 2>/dev/null && wait "$L_PID" 2>/dev/null
   [ -n "$NGINX_PID" ] && kill -QUIT "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
   for db in "${DATABASES[@]}"; do
     psql_q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
@@ -232,8 +237,8 @@ SQL
 # Which data sets the chosen scenarios need.
 need() { local s; for s in "$@"; do want "$s" && return 0; done; return 1; }
 NEED_SMALL="" NEED_100K="" NEED_1K="" NEED_1M="" NEED_SQLITE=""
-if need health list3 list3_304 mix; then NEED_SMALL=1; fi
-if need list100 status search search_distinct search_after_writes get get_304 update create; then NEED_100K=1; fi
+if need health list3 list3_304 get get_304 get_304_one mix; then NEED_SMALL=1; fi
+if need list100 status search search_distinct search_after_writes get get_304 get_304_one update create; then NEED_100K=1; fi
 if need first_1k first_1m; then NEED_1K=1; fi
 if need first_1m delete; then NEED_1M=1; fi
 if need sqlite_list100 sqlite_get sqlite_create sqlite_update sqlite_mix; then NEED_SQLITE=1; fi
@@ -273,30 +278,40 @@ LOAD_SECS=$(( $(date +%s) - load_started ))
 log "data loaded in $LOAD_SECS s"
 
 # ---------------------------------------------------------------------------------------------
-# Tasklane processes: one at a time, each for the scenarios of one configuration.
+# Tasklane processes: one at a time, each for the scenarios of one configuration; and at times a
+# second one beside it, the companion, so that scenarios on two data sets can be measured in
+# turn (run_turns).
 RESULTS=$TMP/results.jsonl
 : >"$RESULTS"
-TL_PORT=""
 TL_URL=""
 TL_CONFIG=""
+CO_URL=""
+CO_CONFIG=""
+# The scenarios that run on the companion (ids between spaces).
+ON_COMPANION=" "
 
-start_tasklane() { # config-name, then settings
-  local name=$1
+# launch_tasklane NAME [settings...]: starts one and waits until it is ready; sets L_PID, L_URL.
+launch_tasklane() {
+  local name=$1 port
   shift
-  stop_tasklane
-  TL_PORT=$(free_port)
-  TL_URL="http://127.0.0.1:$TL_PORT"
-  TL_CONFIG=$name
-  (cd "$TMP" && exec "${TL_ENV[@]}" TASKLANE_LISTEN="127.0.0.1:$TL_PORT" "$@" "$BIN" serve) \
+  port=$(free_port)
+  L_URL="http://127.0.0.1:$port"
+  (cd "$TMP" && exec "${TL_ENV[@]}" TASKLANE_LISTEN="127.0.0.1:$port" "$@" "$BIN" serve) \
     >"$TMP/tasklane-$name.log" 2>&1 &
-  TL_PID=$!
+  L_PID=$!
   for _ in $(seq 1 150); do
-    curl -fsS -o /dev/null "$TL_URL/api/health/live" 2>/dev/null && break
-    kill -0 "$TL_PID" 2>/dev/null || { tail -n 20 "$TMP/tasklane-$name.log" >&2; die "tasklane ($name) exited"; }
+    curl -fsS -o /dev/null "$L_URL/api/health/live" 2>/dev/null && break
+    kill -0 "$L_PID" 2>/dev/null || { tail -n 20 "$TMP/tasklane-$name.log" >&2; die "tasklane ($name) exited"; }
     sleep 0.1
   done
-  curl -fsS -o /dev/null "$TL_URL/api/health" || die "tasklane ($name) is not ready"
-  log "tasklane ($name) pid $TL_PID on port $TL_PORT"
+  curl -fsS -o /dev/null "$L_URL/api/health" || die "tasklane ($name) is not ready"
+  log "tasklane ($name) pid $L_PID on port $port"
+}
+
+start_tasklane() { # config-name, then settings
+  stop_tasklane
+  launch_tasklane "$@"
+  TL_PID=$L_PID TL_URL=$L_URL TL_CONFIG=$1
 }
 
 stop_tasklane() {
@@ -304,6 +319,30 @@ stop_tasklane() {
     kill -TERM "$TL_PID" 2>/dev/null || true
     wait "$TL_PID" 2>/dev/null || true
     TL_PID=""
+  fi
+}
+
+start_companion() { # config-name, then settings
+  stop_companion
+  launch_tasklane "$@"
+  CO_PID=$L_PID CO_URL=$L_URL CO_CONFIG=$1
+}
+
+stop_companion() {
+  if [ -n "$CO_PID" ]; then
+    kill -TERM "$CO_PID" 2>/dev/null || true
+    wait "$CO_PID" 2>/dev/null || true
+    CO_PID=""
+  fi
+  ON_COMPANION=" "
+}
+
+# target ID: the tasklane scenario ID runs on (T_PID, T_URL, T_CONFIG).
+target() {
+  if [[ $ON_COMPANION == *" $1 "* ]]; then
+    T_PID=$CO_PID T_URL=$CO_URL T_CONFIG=$CO_CONFIG
+  else
+    T_PID=$TL_PID T_URL=$TL_URL T_CONFIG=$TL_CONFIG
   fi
 }
 
@@ -329,14 +368,14 @@ median_by_rps() {
 # is compared with another scenario of about the same cost (a 304 must serve at least as many
 # requests as the 200 it replaces; the mix at least 0.40 of the cached list), whose single 10 s
 # runs moved by up to 10% (the mix: 15%) against each other between runs, so one run each
-# decided the comparison by chance. Two scenarios compared with each other are measured in
-# turn (run_pair), so that a machine that slows down or speeds up during the run weighs on both
+# decided the comparison by chance. Scenarios compared with each other are measured in turn
+# (run_turns), so that a machine that slows down or speeds up during the run weighs on all
 # alike.
-MEDIAN3=" list3 list3_304 get get_304 mix "
+MEDIAN3=" list3 list3_304 get get_304 get_304_one mix "
 # List reads the running tasklane answered by joining an identical one (PostgreSQL only; 0
 # without the metric).
 lists_joined() {
-  curl -fsS "$TL_URL/metrics" 2>/dev/null \
+  curl -fsS "$T_URL/metrics" 2>/dev/null \
     | awk '$1 == "tasklane_db_lists_joined_total" { n = $2 } END { print n + 0 }'
 }
 
@@ -349,35 +388,39 @@ run_wrk() {
   record_measured "$1"
 }
 
-# run_pair "ID SCRIPT PATH [args...]" "ID SCRIPT PATH [args...]": two scenarios compared with
-# each other, both in MEDIAN3, measured in turn (A B A B A B) after a warm-up of each. Each
-# string is split at spaces, so no argument in it may contain one.
-run_pair() {
-  local -a a b
-  read -r -a a <<<"$1"
-  read -r -a b <<<"$2"
-  if ! want "${a[0]}" || ! want "${b[0]}"; then
-    run_wrk "${a[@]}"
-    run_wrk "${b[@]}"
-    return 0
-  fi
-  warm_up "${a[@]}"
-  warm_up "${b[@]}"
-  local k
-  for ((k = 0; k < 3; k++)); do
-    measure_once "${a[@]}"
-    measure_once "${b[@]}"
+# run_turns "ID SCRIPT PATH [args...]" ...: scenarios compared with each other, all in MEDIAN3,
+# measured in turn (A B C A B C A B C) after a warm-up of each; those BENCH_ONLY leaves out are
+# skipped. Each string is split at spaces, so no argument in it may contain one.
+run_turns() {
+  local -a specs=() one
+  local spec k
+  for spec in "$@"; do
+    read -r -a one <<<"$spec"
+    want "${one[0]}" && specs+=("$spec")
   done
-  record_measured "${a[0]}"
-  record_measured "${b[0]}"
+  for spec in "${specs[@]}"; do
+    read -r -a one <<<"$spec"
+    warm_up "${one[@]}"
+  done
+  for ((k = 0; k < 3; k++)); do
+    for spec in "${specs[@]}"; do
+      read -r -a one <<<"$spec"
+      measure_once "${one[@]}"
+    done
+  done
+  for spec in "${specs[@]}"; do
+    read -r -a one <<<"$spec"
+    record_measured "${one[0]}"
+  done
 }
 
 warm_up() { # ID SCRIPT PATH [script args...]
   local id=$1 script=$2 path=$3
   shift 3
-  log "scenario $id ($TL_CONFIG): $path"
+  target "$id"
+  log "scenario $id ($T_CONFIG): $path"
   BENCH_PHASE=warmup BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" \
-    --timeout 5s -s "$ROOT/scripts/bench/$script" "$TL_URL$path" -- "$@" >/dev/null
+    --timeout 5s -s "$ROOT/scripts/bench/$script" "$T_URL$path" -- "$@" >/dev/null
 }
 
 # measure_once ID SCRIPT PATH [script args...]: one measured run, kept in $TMP/runs/ID.
@@ -385,14 +428,15 @@ measure_once() {
   local id=$1 script=$2 path=$3
   shift 3
   local before out after hwm line joined
-  echo 5 >"/proc/$TL_PID/clear_refs" 2>/dev/null || true
-  before=$(cpu_ticks "$TL_PID")
+  target "$id"
+  echo 5 >"/proc/$T_PID/clear_refs" 2>/dev/null || true
+  before=$(cpu_ticks "$T_PID")
   joined=$(lists_joined)
   out=$(BENCH_PHASE=measure BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" \
-    -d"${DURATION}s" --timeout 5s -s "$ROOT/scripts/bench/$script" "$TL_URL$path" -- "$@")
-  after=$(cpu_ticks "$TL_PID")
+    -d"${DURATION}s" --timeout 5s -s "$ROOT/scripts/bench/$script" "$T_URL$path" -- "$@")
+  after=$(cpu_ticks "$T_PID")
   joined=$(( $(lists_joined) - joined ))
-  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$TL_PID/status")
+  hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$T_PID/status")
   line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "$id: wrk reported nothing"; }
   mkdir -p "$TMP/runs"
   echo "$line joined=$joined cpu_ticks=$(( after - before )) hwm_kib=$hwm" >>"$TMP/runs/$id"
@@ -418,7 +462,8 @@ record_measured() {
         split($i, kv, "="); f[kv[1]] = kv[2] }
         printf "%s%d", (NR > 1 ? ":" : ""), f["requests"] * 1e6 / f["duration_us"] }')"
   fi
-  record "$id" "$TL_CONFIG" "$bench" "$cpu" "$worst_hwm" >>"$RESULTS"
+  target "$id"
+  record "$id" "$T_CONFIG" "$bench" "$cpu" "$worst_hwm" >>"$RESULTS"
 }
 
 # record ID CONFIG "BENCH ..." [CPU_TICKS VMHWM_KIB]: one JSON line of results.
@@ -561,7 +606,23 @@ if [ -n "$NEED_SMALL" ]; then
   LIST3_ETAG=$(curl -fsS -D - -o /dev/null "$TL_URL/api/tasks" | awk -F': ' 'tolower($1) == "etag" {print $2}' | tr -d '\r')
   run_wrk health get.lua /api/health
   if want list3 || want list3_304; then nginx_limit nginx_list3 "$LIST3_FILE"; fi
-  run_pair "list3 get.lua /api/tasks" "list3_304 get.lua /api/tasks header=If-None-Match:$LIST3_ETAG"
+  # A task's 304 is compared with the cached list (issue 5: at least its requests/s) and with its
+  # own 200, so all of them are measured in turn: the tasks' scenarios on a companion serving
+  # the 100,000 tasks. Reads take ids 1-50,000 (all still version 1: ETag "v1"); the writes
+  # later take 50,001-100,000. get_304_one is not a target: the same 304 for one task, with the
+  # list's script (one request, one key); read against get_304, it tells what the spread over
+  # 8,192 tasks costs (client and server) from what the route and handler cost (PERFORMANCE.md
+  # section 32).
+  if need get get_304 get_304_one; then
+    start_companion "pg+redis, 100k tasks" DATABASE_URL="$(pg_url "$DB_100K")" \
+      REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT/0" TASKLANE_CACHE_KEY_PREFIX="$KEY_PREFIX-100k"
+    ON_COMPANION=" get get_304 get_304_one "
+  fi
+  run_turns "list3 get.lua /api/tasks" "list3_304 get.lua /api/tasks header=If-None-Match:$LIST3_ETAG" \
+    "get get_ids.lua /api/tasks/1 lo=1 hi=50000" "get_304 get_ids.lua /api/tasks/1 lo=1 hi=50000 etag=\"v1\"" \
+    "get_304_one get.lua /api/tasks/1 header=If-None-Match:\"v1\""
+  stop_companion
+  if want get; then pgbench_select_limit; fi
   # Writes touch the 3 tasks; ids 1-3 in a fresh database.
   run_wrk mix mix.lua /api/tasks lo=1 hi=3
   if want mix; then
@@ -580,16 +641,12 @@ if [ -n "$NEED_100K" ]; then
     # join, so the figure above can be read against what the store does per search.
     run_wrk search_distinct search_distinct.lua /api/tasks
   fi
-  if need list100 get get_304 update create; then
+  if need list100 update create; then
     start_tasklane "pg+redis, 100k tasks" DATABASE_URL="$(pg_url "$DB_100K")" \
       REDIS_URL="redis://$REDIS_HOST:$REDIS_PORT/0" TASKLANE_CACHE_KEY_PREFIX="$KEY_PREFIX-100k"
     curl -fsS "$TL_URL/api/tasks" -o "$LIST100_FILE"
     run_wrk list100 get.lua /api/tasks
     nginx_limit nginx_list100 "$LIST100_FILE"
-    # Reads take ids 1-50,000 (all still version 1: ETag "v1"), writes 50,001-100,000.
-    run_pair "get get_ids.lua /api/tasks/1 lo=1 hi=50000" \
-      "get_304 get_ids.lua /api/tasks/1 lo=1 hi=50000 etag=\"v1\""
-    pgbench_select_limit
     run_wrk update put.lua /api/tasks/1 lo=50001 hi=100000
     run_wrk create post.lua /api/tasks
     pgbench_insert_limit
