@@ -308,6 +308,13 @@ launch_tasklane() {
   log "tasklane ($name) pid $L_PID on port $port"
 }
 
+# terminate PID: SIGTERM, then waits for it to exit (nothing for an empty PID).
+terminate() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
+}
+
 start_tasklane() { # config-name, then settings
   stop_tasklane
   launch_tasklane "$@"
@@ -315,11 +322,8 @@ start_tasklane() { # config-name, then settings
 }
 
 stop_tasklane() {
-  if [ -n "$TL_PID" ]; then
-    kill -TERM "$TL_PID" 2>/dev/null || true
-    wait "$TL_PID" 2>/dev/null || true
-    TL_PID=""
-  fi
+  terminate "$TL_PID"
+  TL_PID=""
 }
 
 start_companion() { # config-name, then settings
@@ -329,11 +333,8 @@ start_companion() { # config-name, then settings
 }
 
 stop_companion() {
-  if [ -n "$CO_PID" ]; then
-    kill -TERM "$CO_PID" 2>/dev/null || true
-    wait "$CO_PID" 2>/dev/null || true
-    CO_PID=""
-  fi
+  terminate "$CO_PID"
+  CO_PID=""
   ON_COMPANION=" "
 }
 
