@@ -4,6 +4,7 @@ the failure says what nginx printed, and a port taken before nginx could bind it
 
 from __future__ import annotations
 
+import pathlib
 import socket
 
 import pytest
@@ -51,3 +52,27 @@ def test_nginx_that_starts_is_returned_running(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_nginx_that_never_answers_is_stopped_workers_and_all(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "nginx.conf"
+    minimal_conf(tmp_path, port)
+    conf.write_text(conf.read_text().replace("return 200;", "return 404;"))
+    with pytest.raises(RuntimeError, match="did not answer /healthz"):
+        spawn_nginx(tmp_path, conf, port, tmp_path / "stderr.log", timeout=1.5)
+    master = int((tmp_path / "run" / "nginx.pid").read_text())
+    # Its process group (a session of its own): the master and its workers.
+    left = [d.name for d in pathlib.Path("/proc").iterdir() if d.name.isdigit() and in_group(d, master)]
+    assert not left, f"left running in nginx's process group: {left}"
+
+
+def in_group(proc_dir: pathlib.Path, pgid: int) -> bool:
+    try:
+        stat = (proc_dir / "stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0] != "Z" and int(fields[2]) == pgid

@@ -296,7 +296,8 @@ def spawn_nginx(work: pathlib.Path, conf: pathlib.Path, http_port: int, stderr_l
         if request("127.0.0.1", http_port, "GET", "/healthz", timeout=2).status == 200:
             return proc
         if time.monotonic() > deadline:
-            proc.kill()
+            # Its workers too: they outlive a master killed alone.
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             raise RuntimeError(f"nginx did not answer /healthz within {timeout:.0f} s: {tail(stderr_log)}")
         time.sleep(0.1)
