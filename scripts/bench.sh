@@ -290,7 +290,8 @@ CO_CONFIG=""
 # The scenarios that run on the companion (ids between spaces).
 ON_COMPANION=" "
 
-# launch_tasklane NAME [settings...]: starts one and waits until it is ready; sets L_PID, L_URL.
+# launch_tasklane NAME [settings...]: starts one and waits until it is ready; sets L_PID (which
+# the caller hands on and clears: cleanup stops a process left in it) and L_URL.
 launch_tasklane() {
   local name=$1 port
   shift
@@ -319,6 +320,7 @@ start_tasklane() { # config-name, then settings
   stop_tasklane
   launch_tasklane "$@"
   TL_PID=$L_PID TL_URL=$L_URL TL_CONFIG=$1
+  L_PID=""
 }
 
 stop_tasklane() {
@@ -330,6 +332,7 @@ start_companion() { # config-name, then settings
   stop_companion
   launch_tasklane "$@"
   CO_PID=$L_PID CO_URL=$L_URL CO_CONFIG=$1
+  L_PID=""
 }
 
 stop_companion() {

@@ -11,7 +11,6 @@ import json
 import os
 import pathlib
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from conftest import DEPLOY
-from twin import CSP, MiniDNS, PortTaken, common_free_port, free_port, request, spawn_nginx
+from twin import CSP, MiniDNS, common_free_port, request, start_nginx_on_free_port, stop_nginx
 
 IPS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
@@ -94,39 +93,31 @@ def stack():
     dns = MiniDNS("api")
     stubs = {ip: Stub(ip, port) for ip in IPS[:2]}
     dns.set(IPS[:2])
+
+    def render(http_port: int) -> pathlib.Path:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NGINX_")}
+        env.update(
+            NGINX_LISTEN=f"127.0.0.1:{http_port}",
+            NGINX_RESOLVER=f"127.0.0.1:{dns.port}",
+            NGINX_API_UPSTREAM=f"api:{port}",
+            NGINX_ROOT=str(work / "www"),
+            NGINX_RUNTIME_DIR=str(work / "run"),
+            NGINX_ACCESS_LOG=str(work / "access.log"),
+            NGINX_ERROR_LOG=str(work / "error.log"),
+        )
+        conf = work / "nginx.conf"
+        conf.write_text(subprocess.run(["sh", str(DEPLOY / "nginx" / "render.sh")], env=env, check=True,
+                                       capture_output=True, text=True, timeout=30).stdout)
+        return conf
+
     proc = None
     try:
-        for attempt in range(1, 4):
-            http_port = free_port()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("NGINX_")}
-            env.update(
-                NGINX_LISTEN=f"127.0.0.1:{http_port}",
-                NGINX_RESOLVER=f"127.0.0.1:{dns.port}",
-                NGINX_API_UPSTREAM=f"api:{port}",
-                NGINX_ROOT=str(work / "www"),
-                NGINX_RUNTIME_DIR=str(work / "run"),
-                NGINX_ACCESS_LOG=str(work / "access.log"),
-                NGINX_ERROR_LOG=str(work / "error.log"),
-            )
-            conf = work / "nginx.conf"
-            conf.write_text(subprocess.run(["sh", str(DEPLOY / "nginx" / "render.sh")], env=env, check=True,
-                                           capture_output=True, text=True, timeout=30).stdout)
-            try:
-                # Raises with nginx's own output when it exits or never answers.
-                proc = spawn_nginx(work, conf, http_port, work / "nginx-stderr.log", timeout=15)
-                break
-            except PortTaken:
-                if attempt == 3:
-                    raise
+        # Raises with nginx's own output when it exits or never answers.
+        proc, http_port = start_nginx_on_free_port(work, render, work / "nginx-stderr.log", timeout=15)
         yield dict(port=port, http_port=http_port, dns=dns, stubs=stubs, work=work)
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+            stop_nginx(proc)
         for s in stubs.values():
             s.close()
         dns.close()

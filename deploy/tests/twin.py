@@ -296,11 +296,50 @@ def spawn_nginx(work: pathlib.Path, conf: pathlib.Path, http_port: int, stderr_l
         if request("127.0.0.1", http_port, "GET", "/healthz", timeout=2).status == 200:
             return proc
         if time.monotonic() > deadline:
-            # Its workers too: they outlive a master killed alone.
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            raise RuntimeError(f"nginx did not answer /healthz within {timeout:.0f} s: {tail(stderr_log)}")
+            kill_nginx(proc)
+            raise RuntimeError(f"nginx did not answer /healthz within {timeout:g} s: {tail(stderr_log)}")
         time.sleep(0.1)
+
+
+def start_nginx_on_free_port(work: pathlib.Path, render, stderr_log: pathlib.Path, first_port: int | None = None,
+                             tries=3, timeout=20.0) -> tuple[subprocess.Popen, int]:
+    """Picks a port (`first_port` on the first try, if given), has `render(port)` write the
+    config that listens on it, and starts nginx on that config (spawn_nginx). When the port was
+    taken before nginx bound it (PortTaken), picks another and renders again, up to `tries`
+    times. Returns nginx and its port."""
+    port = first_port or free_port()
+    for attempt in range(1, tries + 1):
+        conf = render(port)
+        try:
+            return spawn_nginx(work, conf, port, stderr_log, timeout), port
+        except PortTaken as e:
+            if attempt == tries:
+                raise
+            log(f"{e}; trying another port")
+            port = free_port()
+    raise AssertionError("unreachable")
+
+
+def kill_nginx(proc: subprocess.Popen):
+    """Kills nginx's process group, its workers too (they outlive a master killed alone; nginx
+    runs in a session of its own), and reaps the master."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+def stop_nginx(proc: subprocess.Popen, timeout=10.0):
+    """Stops nginx gracefully (SIGQUIT), or kills it and its workers after `timeout` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGQUIT)
+        try:
+            proc.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    kill_nginx(proc)
 
 
 class Replica:
@@ -452,22 +491,19 @@ class Twin:
     def start_nginx(self):
         """Renders the config and starts nginx on it, on another port if the one picked was
         taken before nginx could bind it (PortTaken)."""
-        for attempt in range(1, 4):
+
+        def render(port: int) -> pathlib.Path:
+            self.http_port = port
             conf = self.render_nginx()
             t = subprocess.run([nginx_path(), "-t", "-q", "-e", "stderr", "-p", str(self.work), "-c", str(conf)],
                                capture_output=True, text=True, timeout=30)
             if t.returncode != 0:
                 raise RuntimeError(f"nginx -t refused the rendered config: {t.stderr}")
-            try:
-                self.nginx = spawn_nginx(self.work, conf, self.http_port, self.logs / f"nginx-stderr-{attempt}.log")
-            except PortTaken as e:
-                if attempt == 3:
-                    raise
-                log(f"{e}; trying another port")
-                self.http_port = free_port()
-                continue
-            log(f"nginx on 127.0.0.1:{self.http_port} (pid {self.nginx.pid})")
-            return
+            return conf
+
+        self.nginx, self.http_port = start_nginx_on_free_port(
+            self.work, render, self.logs / "nginx-stderr.log", first_port=self.http_port)
+        log(f"nginx on 127.0.0.1:{self.http_port} (pid {self.nginx.pid})")
 
     # -- helpers
 
@@ -502,13 +538,8 @@ class Twin:
                 r.stop()
             except Exception as e:
                 log(f"stopping api {r.addr}: {e}")
-        if self.nginx and self.nginx.poll() is None:
-            self.nginx.send_signal(signal.SIGQUIT)
-            try:
-                self.nginx.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.nginx.kill()
-                self.nginx.wait(timeout=10)
+        if self.nginx:
+            stop_nginx(self.nginx)
         if self.dns:
             self.dns.close()
         if self.db_created:
