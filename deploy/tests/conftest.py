@@ -11,6 +11,8 @@ import subprocess
 import pytest
 import yaml
 
+from twin import nginx_path
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 # TASKLANE_COMPOSE_FILE lets a reviewer point the tests at a modified copy.
@@ -84,6 +86,4 @@ def compose_text() -> str:
 
 
 def nginx_bin() -> str:
-    path = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-    assert path, "nginx is not installed (scripts/check-deploy.sh installs Debian's nginx-light)"
-    return path
+    return nginx_path()

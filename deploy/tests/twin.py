@@ -265,7 +265,7 @@ def tail(path: pathlib.Path, n=30) -> str:
 def nginx_path() -> str:
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
     if not nginx:
-        raise RuntimeError("nginx is not installed")
+        raise RuntimeError("nginx is not installed (scripts/check-deploy.sh installs Debian's nginx-light)")
     return nginx
 
 

@@ -19,11 +19,7 @@ use actix_web::Error;
 use futures_util::future::{FutureExt, Map};
 use std::future::{ready, Ready};
 
-/// On every answer, a 304 included.
-const ALWAYS: [(HeaderName, HeaderValue); 1] =
-    [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"))];
-
-/// On every answer but a 304.
+/// On every answer but a 304 (`Cache-Control: no-cache` goes on every answer).
 const WITH_CONTENT: [(HeaderName, HeaderValue); 4] = [
     (
         header::X_CONTENT_TYPE_OPTIONS,
@@ -89,10 +85,14 @@ fn add_headers<B>(answer: Answer<B>) -> Answer<B> {
     let mut res = answer?;
     let not_modified = res.status() == StatusCode::NOT_MODIFIED;
     let headers = res.headers_mut();
-    let extra: &[(HeaderName, HeaderValue)] = if not_modified { &[] } else { &WITH_CONTENT };
-    for (name, value) in ALWAYS.iter().chain(extra) {
-        if !headers.contains_key(name) {
-            headers.insert(name.clone(), value.clone());
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    if !not_modified {
+        for (name, value) in &WITH_CONTENT {
+            if !headers.contains_key(name) {
+                headers.insert(name.clone(), value.clone());
+            }
         }
     }
     Ok(res)

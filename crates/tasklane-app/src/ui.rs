@@ -1,5 +1,6 @@
 //! The web page, embedded in the binary at build time (see `build.rs`) and served at `/`, with
-//! a strict Content-Security-Policy and ETags for revalidation.
+//! a strict Content-Security-Policy (added by `security_headers`, like the API's other headers)
+//! and ETags for revalidation.
 
 use crate::http::{bytes_etag, if_none_match};
 use actix_web::http::header;
@@ -67,7 +68,8 @@ pub fn serve(req: &HttpRequest) -> Option<HttpResponse> {
     };
     let asset = assets().get(path)?;
     if if_none_match(req.headers(), &asset.etag) {
-        // With no policy: the page the browser holds has it (see `security_headers`).
+        // The policy is the middleware's (`security_headers`): on the 200, not on a 304, whose
+        // page the browser already holds with it.
         return Some(
             HttpResponse::NotModified()
                 .insert_header((header::ETAG, asset.etag.as_str()))
@@ -77,7 +79,6 @@ pub fn serve(req: &HttpRequest) -> Option<HttpResponse> {
     Some(
         HttpResponse::Ok()
             .insert_header((header::ETAG, asset.etag.as_str()))
-            .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
             .content_type(asset.content_type)
             .body(asset.body),
     )
