@@ -5,6 +5,7 @@ use crate::error::ApiError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
+use compact_str::{CompactString, ToCompactString};
 use futures_util::StreamExt;
 use std::time::Duration;
 use tasklane_domain::{Precondition, Version};
@@ -70,9 +71,13 @@ pub async fn read_json_body(
         .map_err(|_| ApiError::RequestTimeout)?
 }
 
-/// A task's strong entity tag.
-pub fn task_etag(version: Version) -> String {
-    format!("\"v{}\"", version.get())
+/// A task's strong entity tag, `"v{version}"`. Made on every revalidation, so it is built
+/// inline (versions up to 19 digits fit its 24 bytes) and without the formatting machinery.
+pub fn task_etag(version: Version) -> CompactString {
+    let mut tag = CompactString::const_new("\"v");
+    tag.push_str(&version.get().to_compact_string());
+    tag.push('"');
+    tag
 }
 
 /// The length of every [`bytes_etag`]: `"l`, 16 hex digits, `"`.
@@ -206,6 +211,16 @@ mod tests {
         assert_eq!(
             if_match(&headers(header::IF_MATCH, "garbage")),
             Precondition::Never
+        );
+    }
+
+    #[test]
+    fn task_etags_quote_the_version() {
+        assert_eq!(task_etag(Version::new(1)), "\"v1\"");
+        assert_eq!(task_etag(Version::new(907)), "\"v907\"");
+        assert_eq!(
+            task_etag(Version::new(i64::MAX)),
+            "\"v9223372036854775807\""
         );
     }
 

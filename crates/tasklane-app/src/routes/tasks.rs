@@ -14,8 +14,15 @@ use tasklane_domain::{
 
 const JSON: &str = "application/json";
 
-fn task_id(raw: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(raw).ok_or(ApiError::TaskNotFound)
+/// The task id of a `/{id}` route; 404 unless a positive 64-bit integer. Read from the matched
+/// path as it is: `web::Path<String>` would copy it into a new string on every request, and
+/// decode what the request line's own decoding left encoded (`%2F`, `%25`, `%2B`), which no id
+/// contains (its digits arrive decoded: `/api/tasks/%31` is task 1 either way).
+fn task_id(req: &HttpRequest) -> Result<TaskId, ApiError> {
+    req.match_info()
+        .get("id")
+        .and_then(TaskId::parse)
+        .ok_or(ApiError::TaskNotFound)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, ApiError> {
@@ -45,7 +52,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, ApiErr
 fn task_response(status: StatusCode, task: &Task) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::build(status)
         .content_type(JSON)
-        .insert_header((header::ETAG, task_etag(task.version)))
+        .insert_header((header::ETAG, task_etag(task.version).as_str()))
         .body(to_json(&TaskDto::from(task))?))
 }
 
@@ -341,10 +348,9 @@ pub async fn create_task(
 )]
 pub async fn get_task(
     req: HttpRequest,
-    id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&id)?;
+    let id = task_id(&req)?;
     let headers = req.headers();
     if !headers.contains_key(header::IF_NONE_MATCH) {
         return task_response(StatusCode::OK, &state.service.get(id).await?);
@@ -362,7 +368,7 @@ pub async fn get_task(
 /// A 304 for a task at `version`.
 fn not_modified(version: Version) -> HttpResponse {
     HttpResponse::NotModified()
-        .insert_header((header::ETAG, task_etag(version)))
+        .insert_header((header::ETAG, task_etag(version).as_str()))
         .finish()
 }
 
@@ -390,11 +396,10 @@ fn not_modified(version: Version) -> HttpResponse {
 )]
 pub async fn update_task(
     req: HttpRequest,
-    id: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&id)?;
+    let id = task_id(&req)?;
     let body = read_json_body(&req, payload, state.max_body_bytes, state.body_timeout).await?;
     let patch = dto::parse_patch(&body)?;
     let task = state
@@ -428,11 +433,10 @@ pub async fn update_task(
 )]
 pub async fn patch_task(
     req: HttpRequest,
-    id: web::Path<String>,
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    update_task(req, id, payload, state).await
+    update_task(req, payload, state).await
 }
 
 /// Delete a task.
@@ -453,10 +457,9 @@ pub async fn patch_task(
 )]
 pub async fn delete_task(
     req: HttpRequest,
-    id: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = task_id(&id)?;
+    let id = task_id(&req)?;
     state.service.delete(id, if_match(req.headers())).await?;
     Ok(HttpResponse::Ok()
         .content_type(JSON)
