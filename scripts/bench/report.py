@@ -320,11 +320,12 @@ def write_markdown(path, rows, m):
         "304 over 8,192 tasks, it tells what the spread costs. *update* and *delete* go through "
         "Redis too (each write bumps the generation). "
         "The cached 3-row list, get one, their 304s and the mix are compared with each other, so "
-        "each is measured three times and the run with the median requests/s is shown (its "
-        "latency and CPU; the errors of all three runs and the highest peak RSS); the list, get "
-        "one, their 304s and the one task's 304 are measured in turn (a round of all five, three "
-        "times; the tasks' on a second Tasklane serving the 100,000 tasks, beside the one serving "
-        "the 3), so that a machine that slows down or speeds up during the run weighs on all alike.",
+        "each is measured more than once and the run with the median requests/s is shown (its "
+        "latency and CPU; the errors of all its runs and the highest peak RSS): the mix three "
+        "times; the list, get one, their 304s and the one task's 304 in turn (a round of all five, "
+        "five times, each run after a warm-up of its own; the tasks' on a second Tasklane serving "
+        "the 100,000 tasks, beside the one serving the 3), so that a machine that slows down or "
+        "speeds up during the run weighs on all alike.",
         "- *90/10 mix*: nine cached-list reads for each PUT of one of the listed tasks, so writes keep "
         "invalidating the list the readers read; compared with the cached 3-row list, and with ten "
         "times the rate at which pgbench alone runs the PUT's UPDATE on the same 3 rows, one "
