@@ -16,8 +16,8 @@ const JSON: &str = "application/json";
 
 /// The task id of a `/{id}` route; 404 unless a positive 64-bit integer. Read from the matched
 /// path as it is: `web::Path<String>` would copy it into a new string on every request, and
-/// decode what the request line's own decoding left encoded (`%2F`, `%25`, `%2B`), which no id
-/// contains (its digits arrive decoded: `/api/tasks/%31` is task 1 either way).
+/// decode what the request line's own decoding leaves encoded (such as `%2F`), which no id
+/// contains (digits arrive decoded: `/api/tasks/%31` is task 1 either way).
 fn task_id(req: &HttpRequest) -> Result<TaskId, ApiError> {
     req.match_info()
         .get("id")

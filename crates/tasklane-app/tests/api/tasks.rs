@@ -106,6 +106,10 @@ async fn ids_that_name_no_task_are_404() {
         "99999999999999999999",
         "%20",
         "12abc",
+        "%2F",
+        "1%2F2",
+        "%2B1",
+        "+1",
     ] {
         let res = app.get(&format!("/api/tasks/{id}")).await;
         assert_eq!(res.status(), 404, "GET {id}");
@@ -120,6 +124,26 @@ async fn ids_that_name_no_task_are_404() {
     let res = app.get("/api/nothing-here").await;
     assert_eq!(res.status(), 404);
     assert_eq!(body(res).await["code"], "not_found");
+}
+
+#[tokio::test]
+async fn percent_encoded_digits_name_the_task() {
+    // The request line is decoded before routing, so an id's digits may arrive encoded.
+    let app = spawn_app().await;
+    let id = id_of(&app.create("encoded").await);
+    let encoded: String = id
+        .to_string()
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    let res = app.get(&format!("/api/tasks/{encoded}")).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(body(res).await["id"], id);
+    let res = app
+        .put_json(&format!("/api/tasks/{encoded}"), &json!({"title": "y"}))
+        .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(body(res).await["title"], "y");
 }
 
 #[tokio::test]
