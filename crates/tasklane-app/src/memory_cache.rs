@@ -15,7 +15,8 @@ use tasklane_domain::{CacheError, CacheLookup, Generation, Replacement, TaskCach
 /// How much the cache may hold, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryCacheSettings {
-    /// How long an entry is served after it was stored.
+    /// How long an entry is served after it was stored, at most: each is kept for between nine
+    /// tenths of this and all of it, drawn at random (`entry_ttl`).
     pub ttl: Duration,
     /// At most this many entries; storing one more evicts the oldest (an eighth of them).
     pub max_entries: usize,
@@ -53,7 +54,18 @@ struct State {
 struct Entry {
     generation: u64,
     value: Bytes,
+    /// When it was stored (a replacement keeps the time of the entry it replaces, as it keeps
+    /// its expiry): what eviction goes by, oldest first.
+    stored: Instant,
     expires: Instant,
+}
+
+/// One entry's TTL: drawn at random between nine tenths of `max` and `max`, as the Redis
+/// adapter does, so that entries stored together (the versions of many tasks revalidated at
+/// once) are not all read from the store again together when they expire.
+fn entry_ttl(max: Duration) -> Duration {
+    use rand::Rng;
+    max - rand::thread_rng().gen_range(Duration::ZERO..=max / 10)
 }
 
 fn footprint(key: &str, value: &Bytes) -> usize {
@@ -68,7 +80,7 @@ impl State {
     }
 
     /// Evicts entries until one more of `incoming` bytes fits within both bounds: first the
-    /// expired ones, then the oldest (with a single TTL, the soonest to expire), an eighth of
+    /// expired ones, then the oldest (by when they were stored), an eighth of
     /// each bound more than the new entry needs, so that a full cache taking a stream of new
     /// keys (task versions) sorts its entries once per eighth, not on every store.
     fn make_room(&mut self, incoming: usize, settings: &MemoryCacheSettings, now: Instant) {
@@ -97,7 +109,7 @@ impl State {
         let mut by_age: Vec<(Instant, String)> = self
             .entries
             .iter()
-            .map(|(k, e)| (e.expires, k.clone()))
+            .map(|(k, e)| (e.stored, k.clone()))
             .collect();
         by_age.sort_unstable();
         for (_, key) in by_age {
@@ -186,7 +198,8 @@ impl TaskCache for MemoryTaskCache {
             Entry {
                 generation: generation.0,
                 value,
-                expires: now + self.settings.ttl,
+                stored: now,
+                expires: now + entry_ttl(self.settings.ttl),
             },
         );
         Ok(())
@@ -232,6 +245,7 @@ impl TaskCache for MemoryTaskCache {
                 Entry {
                     generation: after,
                     value: r.value.clone(),
+                    stored: old.stored,
                     expires: old.expires,
                 },
             );
@@ -309,6 +323,27 @@ mod tests {
         assert!(!is_hit(&c, "k").await);
         assert_eq!(c.state().entries.len(), 0, "an expired entry is dropped");
         assert_eq!(c.state().bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn entries_stored_together_do_not_expire_together() {
+        let ttl = Duration::from_secs(60);
+        let c = cache(ttl, 100, 1 << 20);
+        let g = generation(&c).await;
+        let before = Instant::now();
+        for id in 0..50 {
+            put(&c, &format!("task:{id}:version"), g, b"v").await;
+        }
+        let after = Instant::now();
+        let expiries: Vec<Instant> = c.state().entries.values().map(|e| e.expires).collect();
+        assert_eq!(expiries.len(), 50);
+        for &expires in &expiries {
+            assert!(expires >= before + ttl - ttl / 10 && expires <= after + ttl);
+        }
+        // 50 draws over 6 s all within one second of each other: a chance of about 50 * (1/6)^49.
+        let (first, last) = (expiries.iter().min(), expiries.iter().max());
+        let spread = last.zip(first).map(|(last, first)| *last - *first);
+        assert!(spread > Some(Duration::from_secs(1)), "{spread:?}");
     }
 
     #[tokio::test]

@@ -64,6 +64,18 @@ pub(crate) fn parse_generation(raw: &[u8]) -> Option<Generation> {
     std::str::from_utf8(raw).ok()?.parse().ok().map(Generation)
 }
 
+/// The TTL of one stored entry, in ms: drawn at random between nine tenths of `max` and `max`.
+///
+/// Entries stored in the same moment (the versions of many tasks revalidated at once, the pages
+/// read again after a bump) would otherwise all expire in the same moment, and be read from the
+/// store again together, a minute later and every minute after, since each burst stores them
+/// together again. Never longer than `max`: the TTL bounds how long a replica's owed bump can go
+/// unnoticed (ARCHITECTURE.md, *Debt*).
+pub(crate) fn ttl_millis(max: u64) -> u64 {
+    use rand::Rng;
+    max - rand::thread_rng().gen_range(0..=max / 10)
+}
+
 /// A random first generation. It stays below 2^62 so `INCR` has room for 2^62 bumps before it
 /// overflows; at random, it is all but certain to differ from every generation that entries
 /// still in Redis were stored under.
@@ -120,6 +132,22 @@ mod tests {
             keys.entry("list:s=todo"),
             format!("tl:v{SCHEMA}:list:s=todo")
         );
+    }
+
+    #[test]
+    fn entry_ttls_are_spread_over_the_last_tenth_and_never_longer() {
+        for max in [1, 9, 10, 11, 400, u64::MAX] {
+            for _ in 0..1000 {
+                let ttl = ttl_millis(max);
+                assert!(ttl <= max && ttl >= max - max / 10, "{ttl} of {max}");
+            }
+        }
+        let ttls: Vec<u64> = (0..1000).map(|_| ttl_millis(60_000)).collect();
+        let distinct: std::collections::HashSet<_> = ttls.iter().collect();
+        assert!(distinct.len() > 100, "{} distinct TTLs", distinct.len());
+        // Each of these fails by chance with a probability of 0.9^1000, about 2e-46.
+        assert!(ttls.iter().any(|&t| t < 54_600), "none in the first tenth");
+        assert!(ttls.iter().any(|&t| t > 59_400), "none in the last tenth");
     }
 
     #[test]

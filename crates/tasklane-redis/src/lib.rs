@@ -52,7 +52,8 @@ pub struct RedisSettings {
     pub url: String,
     /// Every key starts with `{key_prefix}:`, e.g. `tasklane`.
     pub key_prefix: String,
-    /// How long entries live.
+    /// How long entries live at most: each is stored for between nine tenths of this and all of
+    /// it, drawn at random, so that entries stored together do not all expire together.
     pub ttl: Duration,
     /// The size of the deadpool pool the connections come from. The cache holds one
     /// multiplexed connection per thread that uses it (one per actix worker), each taken out of
@@ -357,7 +358,6 @@ pub struct RedisTaskCache {
     conn: SharedConnection,
     breaker: Breaker,
     keys: Keys,
-    ttl: Duration,
     ttl_millis: u64,
     local: LocalCopies,
     leases: Arc<Leases>,
@@ -409,7 +409,6 @@ impl RedisTaskCache {
             conn: SharedConnection::new(pool),
             breaker: Breaker::new(s.breaker_threshold, s.breaker_cooldown),
             keys: Keys::new(&s.key_prefix),
-            ttl: s.ttl,
             ttl_millis: u64::try_from(s.ttl.as_millis()).unwrap_or(u64::MAX),
             local: LocalCopies::new(s.local_copy_bytes),
             leases: Arc::new(Leases::new(&s.key_prefix, s.lease_time)),
@@ -731,15 +730,17 @@ impl RedisTaskCache {
     ) -> Result<(), RedisCacheError> {
         // No check of the generation here: an entry stored under an old one is never served.
         let sent = Instant::now();
+        let ttl_millis = entry::ttl_millis(self.ttl_millis);
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.keys.entry(key))
             .arg(entry::encode(generation, value))
             .arg("PX")
-            .arg(self.ttl_millis);
+            .arg(ttl_millis);
         self.call::<Value>(Request::Cmd(&cmd), deadline).await?;
         // Redis started the entry's TTL after `sent`: the copy expires no later.
-        self.local
-            .put(key, generation, value.clone(), sent + self.ttl);
+        if let Some(expires) = sent.checked_add(Duration::from_millis(ttl_millis)) {
+            self.local.put(key, generation, value.clone(), expires);
+        }
         Ok(())
     }
 

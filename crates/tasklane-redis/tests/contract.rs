@@ -300,6 +300,7 @@ async fn entries_expire_after_the_ttl() -> TestResult {
         .arg(entry_key(&prefix, SCHEMA, "k"))
         .query_async(&mut conn)
         .await?;
+    // Stored for 27-30 s (the last tenth drawn at random), less the time since.
     assert!(pttl > 25_000 && pttl <= 30_000, "PTTL {pttl}");
     // The generation itself never expires.
     let pttl: i64 = redis::cmd("PTTL")
@@ -307,6 +308,38 @@ async fn entries_expire_after_the_ttl() -> TestResult {
         .query_async(&mut conn)
         .await?;
     assert_eq!(pttl, -1);
+    cleanup(&prefix).await
+}
+
+#[tokio::test]
+async fn entries_stored_together_do_not_expire_together() -> TestResult {
+    let prefix = unique_prefix();
+    let mut s = settings(shared_redis_url(), prefix.clone());
+    s.ttl = Duration::from_secs(60);
+    let cache = RedisTaskCache::new(s)?;
+    let generation = seeded_generation(&cache).await?;
+    let mut conn = raw(&shared_redis_url()).await?;
+    let mut pttls = Vec::new();
+    for id in 0..50 {
+        let key = format!("task:{id}:version");
+        cache
+            .store(&key, generation, Bytes::from_static(b"v"), deadline())
+            .await?;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(entry_key(&prefix, SCHEMA, &key))
+            .query_async(&mut conn)
+            .await?;
+        pttls.push(pttl);
+    }
+    // Each within the last tenth of the TTL (less the few ms since it was stored)...
+    for &pttl in &pttls {
+        assert!(pttl > 53_000 && pttl <= 60_000, "PTTL {pttl}");
+    }
+    // ...and spread over it: 50 draws over 6 s all within one second of each other would be a
+    // chance of about 50 * (1/6)^49.
+    let (min, max) = (pttls.iter().min(), pttls.iter().max());
+    let spread = max.zip(min).map_or(0, |(max, min)| max - min);
+    assert!(spread > 1_000, "TTLs within {spread} ms: {pttls:?}");
     cleanup(&prefix).await
 }
 
