@@ -380,12 +380,16 @@ median_by_rps() {
 # (PERFORMANCE.md section 33).
 MEDIAN3=" list3 list3_304 get get_304 get_304_one mix "
 TURN_ROUNDS=5
-# List reads the running tasklane answered by joining an identical one (PostgreSQL only; 0
-# without the metric).
-lists_joined() {
-  curl -fsS "$T_URL/metrics" 2>/dev/null \
-    | awk '$1 == "tasklane_db_lists_joined_total" { n = $2 } END { print n + 0 }'
+# metric_sum NAME...: the sum of these counters of the running tasklane (0 for each absent).
+metric_sum() {
+  curl -fsS "$T_URL/metrics" 2>/dev/null | awk -v names=" $* " \
+    'index(names, " " $1 " ") { n += $2 } END { print n + 0 }'
 }
+# List reads the running tasklane answered by joining an identical one (PostgreSQL only).
+lists_joined() { metric_sum tasklane_db_lists_joined_total; }
+# Cache lookups that missed: list pages and task versions. A measured run of a cached scenario
+# should have none: one that has many held an expiry wave (PERFORMANCE.md section 33).
+cache_misses() { metric_sum tasklane_cache_misses_total tasklane_cache_revalidation_misses_total; }
 
 run_wrk() {
   want "$1" || return 0
@@ -442,19 +446,22 @@ warm_up() {
 measure_once() {
   local id=$1 script=$2 path=$3
   shift 3
-  local before out after hwm line joined
+  local before out after hwm line joined misses
   target "$id"
   echo 5 >"/proc/$T_PID/clear_refs" 2>/dev/null || true
   before=$(cpu_ticks "$T_PID")
   joined=$(lists_joined)
+  misses=$(cache_misses)
   out=$(BENCH_PHASE=measure BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" \
     -d"${DURATION}s" --timeout 5s -s "$ROOT/scripts/bench/$script" "$T_URL$path" -- "$@")
   after=$(cpu_ticks "$T_PID")
   joined=$(( $(lists_joined) - joined ))
+  misses=$(( $(cache_misses) - misses ))
+  if [ "$misses" -gt 0 ]; then log "  $id: $misses cache misses in this measured run"; fi
   hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$T_PID/status")
   line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "$id: wrk reported nothing"; }
   mkdir -p "$TMP/runs"
-  echo "$line joined=$joined cpu_ticks=$(( after - before )) hwm_kib=$hwm" >>"$TMP/runs/$id"
+  echo "$line joined=$joined misses=$misses cpu_ticks=$(( after - before )) hwm_kib=$hwm" >>"$TMP/runs/$id"
 }
 
 # record_measured ID: the runs kept for ID, as one result (the median run; see MEDIAN3).
@@ -476,6 +483,7 @@ record_measured() {
     bench+=" runs_rps=$(printf '%s\n' "${measured[@]}" | awk '{ for (i = 2; i <= NF; i++) {
         split($i, kv, "="); f[kv[1]] = kv[2] }
         printf "%s%d", (NR > 1 ? ":" : ""), f["requests"] * 1e6 / f["duration_us"] }')"
+    bench+=" runs_misses=$(printf '%s\n' "${measured[@]}" | grep -o 'misses=[0-9]*' | cut -d= -f2 | paste -sd:)"
   fi
   target "$id"
   record "$id" "$T_CONFIG" "$bench" "$cpu" "$worst_hwm" >>"$RESULTS"
@@ -489,6 +497,7 @@ clk, sid, config, line = sys.argv[1:5]
 rest = sys.argv[5:]
 f = {k: v for k, v in (kv.split("=") for kv in line.split()[1:])}
 runs = [int(x) for x in f.pop("runs_rps", "").split(":") if x]
+runs_misses = [int(x) for x in f.pop("runs_misses", "").split(":") if x]
 f = {k: int(v) for k, v in f.items()}
 secs = f["duration_us"] / 1e6
 r = {"id": sid, "config": config, "requests": f["requests"],
@@ -499,6 +508,10 @@ if f.get("joined"):
     r["joined"] = f["joined"]
 if runs:
     r["runs_rps"] = runs
+if f.get("misses") or any(runs_misses):
+    r["cache_misses"] = f.get("misses", 0)
+    if runs_misses:
+        r["runs_cache_misses"] = runs_misses
 if rest:
     r["cpu_s"] = int(rest[0]) / int(clk)
     r["rss_kib"] = int(rest[1])
