@@ -16,6 +16,9 @@ pub enum SettingsError {
     Invalid { var: String, reason: String },
 }
 
+/// The longest `TASKLANE_CACHE_TTL_SECS` accepted: a day.
+const MAX_CACHE_TTL_SECS: u64 = 86_400;
+
 fn invalid(var: &str, reason: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
         var: var.to_owned(),
@@ -225,6 +228,15 @@ impl Settings {
                 "must be at most half of TASKLANE_CACHE_TIMEOUT_MS (a write may wait out a lease)",
             ));
         }
+        if !(1..=MAX_CACHE_TTL_SECS).contains(&self.cache_ttl_secs) {
+            return Err(invalid(
+                "TASKLANE_CACHE_TTL_SECS",
+                format!(
+                    "must be between 1 and {MAX_CACHE_TTL_SECS} (a day): it bounds how long a \
+                     replica whose invalidation failed may serve what that write changed"
+                ),
+            ));
+        }
         if self.body_timeout_ms == 0 {
             return Err(invalid("TASKLANE_BODY_TIMEOUT_MS", "must be at least 1"));
         }
@@ -383,6 +395,20 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.starts_with("TASKLANE_LISTEN:"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_ttl_is_bounded() {
+        for bad in ["0", "86401", "18446744073709551615"] {
+            let e = load(&[("TASKLANE_CACHE_TTL_SECS", bad)])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.starts_with("TASKLANE_CACHE_TTL_SECS:"), "{bad}: {e}");
+        }
+        for good in ["1", "60", "86400"] {
+            assert!(load(&[("TASKLANE_CACHE_TTL_SECS", good)]).is_ok(), "{good}");
+        }
     }
 
     #[test]
