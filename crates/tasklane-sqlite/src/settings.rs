@@ -121,6 +121,37 @@ enum Role {
     Reader,
 }
 
+/// Puts the file in write-ahead logging (readers never wait for the writer nor the writer for
+/// readers) and answers the journal mode it is in.
+///
+/// WAL is a property of the file, kept once set, so the mode is read first and nothing more is
+/// done when it is WAL already (no lock taken). Converting takes an exclusive lock, and SQLite
+/// does not run the busy handler for it: a process opening a new file while another one does
+/// (both starting at once, or `tasklane migrate` beside `tasklane serve`) got "database is
+/// locked" at once. So a busy conversion is tried again, every few milliseconds, for as long as
+/// the busy timeout, reading the mode again each time (the other opener may have converted it).
+fn set_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    let mode = |conn: &Connection| conn.pragma_query_value(None, "journal_mode", |row| row.get(0));
+    let deadline = std::time::Instant::now() + busy_timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let current: String = mode(conn)?;
+        if current.eq_ignore_ascii_case("wal") {
+            return Ok(current);
+        }
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() + pause < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Opens one connection and sets it up. The busy timeout comes first, so that the settings
 /// below, which may need a lock, wait for another process rather than fail at once.
 fn connect(path: &Path, busy_timeout: Duration, role: Role) -> Result<Connection, SqliteError> {
@@ -134,11 +165,7 @@ fn connect(path: &Path, busy_timeout: Duration, role: Role) -> Result<Connection
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(open_error)?;
     conn.busy_timeout(busy_timeout).map_err(open_error)?;
-    // Write-ahead logging: readers never wait for the writer nor the writer for readers. It is
-    // a property of the file, kept once set; asking again is cheap.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(open_error)?;
+    let mode = set_wal(&conn, busy_timeout).map_err(open_error)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(SqliteError::NoWal {
             path: path.to_owned(),

@@ -121,12 +121,44 @@ async fn an_applied_migration_that_changed_is_refused() {
     ));
 }
 
+#[tokio::test]
+async fn opening_a_file_another_connection_is_writing_waits_for_it() {
+    let dir = TempDir::new();
+    let s = settings(dir.path());
+    if let Some(folder) = s.path.parent() {
+        std::fs::create_dir_all(folder).unwrap();
+    }
+    // A file still in SQLite's default journal, with a write transaction open on it (as
+    // another opener's would be): turning it to WAL has to wait for the writer, and SQLite does
+    // not wait by itself there (no busy handler: it could deadlock).
+    let writer = raw(&s);
+    writer
+        .execute_batch("CREATE TABLE t (x); BEGIN IMMEDIATE; INSERT INTO t VALUES (1)")
+        .unwrap();
+    let finished = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        writer.execute_batch("COMMIT").unwrap();
+    });
+    let started = Instant::now();
+    let opened = open(&s).await;
+    finished.join().unwrap();
+    assert!(opened.is_ok(), "{opened:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "it did not wait"
+    );
+    let mode: String = raw(&s)
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn several_openers_of_a_new_file_migrate_it_once() {
     let dir = TempDir::new();
     let s = settings(dir.path());
     let mut openers = tokio::task::JoinSet::new();
-    for _ in 0..4 {
+    for _ in 0..8 {
         let s = s.clone();
         openers.spawn(async move { open(&s).await });
     }
