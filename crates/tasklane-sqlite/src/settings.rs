@@ -125,11 +125,13 @@ enum Role {
 /// readers) and answers the journal mode it is in.
 ///
 /// WAL is a property of the file, kept once set, so the mode is read first and nothing more is
-/// done when it is WAL already (no lock taken). Converting takes an exclusive lock, and SQLite
-/// does not run the busy handler for it: a process opening a new file while another one does
-/// (both starting at once, or `tasklane migrate` beside `tasklane serve`) got "database is
-/// locked" at once. So a busy conversion is tried again, every few milliseconds, for as long as
-/// the busy timeout, reading the mode again each time (the other opener may have converted it).
+/// done when it is WAL already (no lock taken). Converting takes an exclusive lock, and where
+/// waiting for it could deadlock (this connection holds a read lock while another holds the
+/// write lock) SQLite returns "database is locked" at once instead of running the busy
+/// handler: a process opening a new file while another one does (both starting at once, or
+/// `tasklane migrate` beside `tasklane serve`) failed. So a busy conversion is tried again,
+/// after a pause of 1 ms growing to 50 ms, for as long as the busy timeout, reading the mode
+/// again each time (the other opener may have converted it).
 fn set_wal(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
     let mode = |conn: &Connection| conn.pragma_query_value(None, "journal_mode", |row| row.get(0));
     let deadline = std::time::Instant::now() + busy_timeout;
