@@ -380,16 +380,16 @@ median_by_rps() {
 # (PERFORMANCE.md section 33).
 MEDIAN3=" list3 list3_304 get get_304 get_304_one mix "
 TURN_ROUNDS=5
-# metric_sum NAME...: the sum of these counters of the running tasklane (0 for each absent).
-metric_sum() {
-  curl -fsS "$T_URL/metrics" 2>/dev/null | awk -v names=" $* " \
-    'index(names, " " $1 " ") { n += $2 } END { print n + 0 }'
+# run_counters: "JOINED MISSES" of the running tasklane, from one read of /metrics (0 for a
+# counter it lacks). JOINED: list reads answered by joining an identical one (PostgreSQL only).
+# MISSES: cache lookups that missed, list pages and task versions; a measured run of a cached
+# scenario should have none: one that has many held an expiry wave (PERFORMANCE.md section 33).
+run_counters() {
+  curl -fsS "$T_URL/metrics" 2>/dev/null | awk '
+    $1 == "tasklane_db_lists_joined_total" { j += $2 }
+    $1 == "tasklane_cache_misses_total" || $1 == "tasklane_cache_revalidation_misses_total" { m += $2 }
+    END { print j + 0, m + 0 }'
 }
-# List reads the running tasklane answered by joining an identical one (PostgreSQL only).
-lists_joined() { metric_sum tasklane_db_lists_joined_total; }
-# Cache lookups that missed: list pages and task versions. A measured run of a cached scenario
-# should have none: one that has many held an expiry wave (PERFORMANCE.md section 33).
-cache_misses() { metric_sum tasklane_cache_misses_total tasklane_cache_revalidation_misses_total; }
 
 run_wrk() {
   want "$1" || return 0
@@ -446,17 +446,16 @@ warm_up() {
 measure_once() {
   local id=$1 script=$2 path=$3
   shift 3
-  local before out after hwm line joined misses
+  local before out after hwm line joined misses joined_after misses_after
   target "$id"
   echo 5 >"/proc/$T_PID/clear_refs" 2>/dev/null || true
   before=$(cpu_ticks "$T_PID")
-  joined=$(lists_joined)
-  misses=$(cache_misses)
+  read -r joined misses <<<"$(run_counters)"
   out=$(BENCH_PHASE=measure BENCH_LUA="$ROOT/scripts/bench" wrk -t"$THREADS" -c"$CONNS" \
     -d"${DURATION}s" --timeout 5s -s "$ROOT/scripts/bench/$script" "$T_URL$path" -- "$@")
   after=$(cpu_ticks "$T_PID")
-  joined=$(( $(lists_joined) - joined ))
-  misses=$(( $(cache_misses) - misses ))
+  read -r joined_after misses_after <<<"$(run_counters)"
+  joined=$(( joined_after - joined )) misses=$(( misses_after - misses ))
   if [ "$misses" -gt 0 ]; then log "  $id: $misses cache misses in this measured run"; fi
   hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$T_PID/status")
   line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "$id: wrk reported nothing"; }
