@@ -105,8 +105,7 @@ cleanup() {
   for db in "${DATABASES[@]}"; do
     psql_q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1
   done
-  redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" --scan --pattern "$KEY_PREFIX*" 2>/dev/null \
-    | xargs -r -n 500 redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" del >/dev/null 2>&1
+  "$ROOT/scripts/redis-drop-prefix.sh" "$KEY_PREFIX" "$REDIS_HOST" "$REDIS_PORT" >/dev/null
   if [ -n "$STARTED_REDIS" ]; then redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1; fi
   if [ -n "$STARTED_PG" ]; then
     for v in /etc/postgresql/*; do v=${v##*/}; done

@@ -57,10 +57,11 @@ run_suite() {
 work=$(mktemp -d)
 db="tasklane_e2e_$$"
 psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists $db" -qc "create database $db" >/dev/null
-trap 'cleanup; psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+prefix="tasklane-e2e-$$"
+trap 'cleanup; psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true; scripts/redis-drop-prefix.sh "$prefix" >/dev/null; rm -rf "$work"' EXIT
 
 run_suite embedded TASKLANE_SQLITE_PATH="$work/data/tasklane.db"
 run_suite postgres-redis TASKLANE_STORE=postgres \
   DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db" REDIS_URL="redis://127.0.0.1:6379/0" \
-  TASKLANE_CACHE_KEY_PREFIX="tasklane-e2e-$$"
+  TASKLANE_CACHE_KEY_PREFIX="$prefix"
 echo "e2e: both configurations passed; screenshots in $artifacts"

@@ -48,20 +48,10 @@ work=$(mktemp -d)
 db="tasklane_st_$$"
 prefix="tasklane-st-$$-$(date +%s%N)"
 server=""
-drop_keys='local cursor, n = "0", 0
-repeat
-  local page = redis.call("SCAN", cursor, "MATCH", ARGV[1], "COUNT", 1000)
-  cursor = page[1]
-  for _, key in ipairs(page[2]) do redis.call("DEL", key); n = n + 1 end
-until cursor == "0"
-return n'
 cleanup() {
   if [ -n "$server" ]; then kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
   psql -h 127.0.0.1 -U postgres -d postgres -qc "drop database if exists $db with (force)" >/dev/null 2>&1 || true
-  # Server-side, since fuzzed search texts put spaces and control characters in key names.
-  if command -v redis-cli >/dev/null; then
-    redis-cli -h 127.0.0.1 -p 6379 eval "$drop_keys" 0 "$prefix*" >/dev/null 2>&1 || true
-  fi
+  scripts/redis-drop-prefix.sh "$prefix" >/dev/null
   rm -rf "$work"
 }
 trap cleanup EXIT

@@ -27,6 +27,22 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# Every suite keeps its Redis keys under a prefix of its own (`tasklane-test:<uuid>` for each
+# Rust test, `tasklane-e2e-*`, `tasklane-st-*`, `tasklane-twin-*`) and deletes them when done,
+# failing tests included: the cache's generation and lease registry have no TTL, so keys left
+# behind would pile up on a developer's Redis run after run. A suite that leaves some fails.
+test_keys() { redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'tasklane-*' | wc -l; }
+keys_before=$(test_keys)
+no_keys_left() { # SUITE
+  local now
+  now=$(test_keys)
+  if [ "$now" -gt "$keys_before" ]; then
+    echo "test: $1 left $((now - keys_before)) key(s) on the shared Redis, e.g.:" >&2
+    redis-cli -h 127.0.0.1 -p 6379 --scan --pattern 'tasklane-*' | head -n 5 >&2
+    exit 1
+  fi
+}
+
 profile=default
 [ -n "${CI:-}" ] && profile=ci
 
@@ -38,6 +54,7 @@ bin="$(pwd)/target/debug/tasklane"
 if want rust; then
   echo "== Rust suites (nextest)"
   cargo nextest run --workspace --locked --profile "$profile" -E 'not binary(resilience)'
+  no_keys_left "the Rust suites"
   passed
   echo "== resilience suite (fault injection; one test at a time)"
   TASKLANE_FIGURES_FILE="${TASKLANE_FIGURES_FILE:-$(pwd)/target/figures.jsonl}" \
@@ -48,11 +65,13 @@ fi
 if want e2e; then
   echo "== browser tests"
   TASKLANE_BIN="$bin" scripts/e2e.sh
+  no_keys_left "the browser tests"
   passed
 fi
 if want fuzz; then
   echo "== schemathesis"
   TASKLANE_BIN="$bin" scripts/schemathesis.sh
+  no_keys_left "schemathesis"
   passed
 fi
 if want deploy; then
@@ -61,6 +80,7 @@ if want deploy; then
   passed
   echo "== process-level twin of the Compose stack"
   TASKLANE_BIN="$bin" scripts/deploy-twin.sh
+  no_keys_left "the twin"
   passed
 fi
 echo "test: all suites passed"

@@ -11,12 +11,13 @@ use deadpool_redis::redis::{self, AsyncCommands};
 use std::time::{Duration, Instant};
 use tasklane_domain::{CacheLookup, Generation, TaskCache};
 use tasklane_redis::{BreakerState, RedisCacheError, RedisTaskCache, SetupError, SCHEMA};
-use tasklane_testkit::redis::{delete_prefix, shared_redis_url, unique_prefix};
+use tasklane_testkit::redis::{shared_redis_url, unique_prefix, SharedPrefix};
 
 /// A cache on the shared Redis under a new prefix, with its generation already set.
-async fn ready_cache() -> Result<(RedisTaskCache, String, Generation), Box<dyn std::error::Error>> {
-    let prefix = unique_prefix();
-    let cache = cache(shared_redis_url(), prefix.clone())?;
+async fn ready_cache(
+) -> Result<(RedisTaskCache, SharedPrefix, Generation), Box<dyn std::error::Error>> {
+    let prefix = SharedPrefix::new();
+    let cache = cache(shared_redis_url(), prefix.to_string())?;
     assert_eq!(
         cache.lookup("k", deadline()).await?,
         CacheLookup::Miss(None)
@@ -52,14 +53,9 @@ async fn overwrite_entry(prefix: &str, generation: Generation, body: &[u8]) -> T
     Ok(())
 }
 
-async fn cleanup(prefix: &str) -> TestResult {
-    delete_prefix(&shared_redis_url(), prefix).await?;
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_miss_then_a_store_then_a_hit() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
 
     assert_eq!(
         cache.lookup("status=todo", deadline()).await?,
@@ -82,12 +78,12 @@ async fn a_miss_then_a_store_then_a_hit() -> TestResult {
         cache.lookup("status=done", deadline()).await?,
         CacheLookup::Miss(Some(generation))
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn an_empty_value_is_cached_too() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     cache
         .store("k", generation, Bytes::new(), deadline())
         .await?;
@@ -95,12 +91,12 @@ async fn an_empty_value_is_cached_too() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::new())
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_bump_turns_every_entry_into_a_miss_under_the_new_generation() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     cache
         .store("a", generation, Bytes::from_static(b"old a"), deadline())
         .await?;
@@ -118,14 +114,14 @@ async fn a_bump_turns_every_entry_into_a_miss_under_the_new_generation() -> Test
         cache.lookup("b", deadline()).await?,
         CacheLookup::Miss(Some(next))
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_value_stored_under_an_old_generation_is_never_served() -> TestResult {
     // The race the generation exists for: a reader looks up, a writer commits and bumps, and
     // the reader then stores what it read from the store before the write.
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     cache.bump_generation(deadline()).await?;
     cache
         .store("k", generation, Bytes::from_static(b"stale"), deadline())
@@ -136,7 +132,7 @@ async fn a_value_stored_under_an_old_generation_is_never_served() -> TestResult 
         matches!(lookup, CacheLookup::Miss(Some(g)) if g != generation),
         "{lookup:?}"
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -165,13 +161,13 @@ async fn a_garbage_entry_is_a_miss_not_an_error() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Miss(Some(generation))
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_fresh_prefix_has_no_generation_and_the_first_lookup_seeds_one() -> TestResult {
-    let prefix = unique_prefix();
-    let cache = cache(shared_redis_url(), prefix.clone())?;
+    let prefix = SharedPrefix::new();
+    let cache = cache(shared_redis_url(), prefix.to_string())?;
     let mut conn = raw(&shared_redis_url()).await?;
     let gen_key = format!("{prefix}:gen");
 
@@ -189,25 +185,25 @@ async fn a_fresh_prefix_has_no_generation_and_the_first_lookup_seeds_one() -> Te
         cache.lookup("k", deadline()).await?,
         CacheLookup::Miss(Some(Generation(seeded)))
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_lookup_never_overwrites_an_existing_generation() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     for _ in 0..3 {
         assert_eq!(
             cache.lookup("k", deadline()).await?,
             CacheLookup::Miss(Some(generation))
         );
     }
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_bump_on_a_fresh_prefix_starts_at_random_not_at_1() -> TestResult {
-    let prefix = unique_prefix();
-    let cache = cache(shared_redis_url(), prefix.clone())?;
+    let prefix = SharedPrefix::new();
+    let cache = cache(shared_redis_url(), prefix.to_string())?;
     let mut conn = raw(&shared_redis_url()).await?;
     // An entry left from an earlier life of the generation key, stored under generation 1.
     let () = conn
@@ -225,19 +221,19 @@ async fn a_bump_on_a_fresh_prefix_starts_at_random_not_at_1() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Miss(Some(_))
     ));
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_bump_moves_the_generation_on_by_one() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     cache.bump_generation(deadline()).await?;
     cache.bump_generation(deadline()).await?;
     assert_eq!(
         cache.lookup("k", deadline()).await?,
         CacheLookup::Miss(Some(Generation(generation.0 + 2)))
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -281,13 +277,13 @@ async fn a_generation_key_that_is_not_a_number_is_replaced() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Miss(Some(_))
     ));
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn entries_expire_after_the_ttl() -> TestResult {
-    let prefix = unique_prefix();
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let prefix = SharedPrefix::new();
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.ttl = Duration::from_secs(30);
     let cache = RedisTaskCache::new(s)?;
     let generation = seeded_generation(&cache).await?;
@@ -308,13 +304,13 @@ async fn entries_expire_after_the_ttl() -> TestResult {
         .query_async(&mut conn)
         .await?;
     assert_eq!(pttl, -1);
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn entries_stored_together_do_not_expire_together() -> TestResult {
-    let prefix = unique_prefix();
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let prefix = SharedPrefix::new();
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.ttl = Duration::from_secs(60);
     let cache = RedisTaskCache::new(s)?;
     let generation = seeded_generation(&cache).await?;
@@ -340,7 +336,7 @@ async fn entries_stored_together_do_not_expire_together() -> TestResult {
     let (min, max) = (pttls.iter().min(), pttls.iter().max());
     let spread = max.zip(min).map_or(0, |(max, min)| max - min);
     assert!(spread > 1_000, "TTLs within {spread} ms: {pttls:?}");
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -363,12 +359,12 @@ async fn entries_of_another_schema_are_not_read() -> TestResult {
         .await?;
     let ours: Vec<u8> = conn.get(entry_key(&prefix, SCHEMA, "k")).await?;
     assert_eq!(ours, [&generation.0.to_be_bytes()[..], b"ours"].concat());
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn a_deadline_already_past_fails_at_once_without_blaming_redis() -> TestResult {
-    let (cache, prefix, _) = ready_cache().await?;
+    let (cache, _prefix, _) = ready_cache().await?;
     let past = Instant::now() - Duration::from_millis(1);
     for _ in 0..10 {
         let started = Instant::now();
@@ -389,7 +385,7 @@ async fn a_deadline_already_past_fails_at_once_without_blaming_redis() -> TestRe
     // The caller's spent budget is not Redis's failure.
     assert_eq!(cache.breaker_state(), BreakerState::Closed);
     cache.ping(deadline()).await?;
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -401,7 +397,7 @@ async fn ping_answers() -> TestResult {
 
 #[tokio::test]
 async fn many_concurrent_calls_share_the_connection() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     cache
         .store("k", generation, Bytes::from_static(b"v"), deadline())
         .await?;
@@ -419,7 +415,7 @@ async fn many_concurrent_calls_share_the_connection() -> TestResult {
     for call in calls {
         assert_eq!(call.await??, CacheLookup::Hit(Bytes::from_static(b"v")));
     }
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -540,7 +536,7 @@ async fn a_local_copy_is_served_while_the_shared_generation_stands_and_only_then
         CacheLookup::Hit(Bytes::from_static(b"after the write")),
         "the copy A took on its hit"
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -588,8 +584,8 @@ async fn a_hit_on_a_local_copy_fetches_the_generation_alone() -> TestResult {
 
 #[tokio::test]
 async fn a_local_copy_expires_no_later_than_its_entry() -> TestResult {
-    let prefix = unique_prefix();
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let prefix = SharedPrefix::new();
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.ttl = Duration::from_millis(400);
     let writer = RedisTaskCache::new(s.clone())?;
     let reader = RedisTaskCache::new(s)?;
@@ -611,13 +607,13 @@ async fn a_local_copy_expires_no_later_than_its_entry() -> TestResult {
             "the {who}'s copy outlived the entry"
         );
     }
-    cleanup(&prefix).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
-    let prefix = unique_prefix();
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let prefix = SharedPrefix::new();
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.local_copy_bytes = 0;
     let cache = RedisTaskCache::new(s)?;
     let generation = seeded_generation(&cache).await?;
@@ -629,15 +625,15 @@ async fn with_local_copies_off_every_hit_reads_the_entry() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"in redis"))
     );
-    cleanup(&prefix).await
+    Ok(())
 }
 
 /// Generations near 2^62 (beyond what a Lua number holds exactly) are compared exactly; the
 /// replaced entry keeps its TTL and is what another replica reads.
 #[tokio::test]
 async fn a_replacing_bump_compares_large_generations_exactly_and_keeps_the_ttl() -> TestResult {
-    let prefix = unique_prefix();
-    let cache = cache(shared_redis_url(), prefix.clone())?;
+    let prefix = SharedPrefix::new();
+    let cache = cache(shared_redis_url(), prefix.to_string())?;
     let mut conn = raw(&shared_redis_url()).await?;
     let big = (1u64 << 62) - 7;
     let () = conn.set(format!("{prefix}:gen"), big).await?;
@@ -707,14 +703,14 @@ async fn a_replacing_bump_compares_large_generations_exactly_and_keeps_the_ttl()
     );
     let current: u64 = conn.get(format!("{prefix}:gen")).await?;
     assert_eq!(current, big + 3);
-    cleanup(&prefix).await
+    Ok(())
 }
 
 /// After Redis forgets its scripts (a restart, `SCRIPT FLUSH`), the next replacing bump loads
 /// it again and works.
 #[tokio::test]
 async fn a_replacing_bump_survives_a_script_flush() -> TestResult {
-    let (cache, prefix, generation) = ready_cache().await?;
+    let (cache, _prefix, generation) = ready_cache().await?;
     assert_eq!(
         store_then_replace(&cache, generation, b"a", b"b").await?,
         vec![true]
@@ -733,5 +729,5 @@ async fn a_replacing_bump_survives_a_script_flush() -> TestResult {
         cache.lookup("k", deadline()).await?,
         CacheLookup::Hit(Bytes::from_static(b"c"))
     );
-    cleanup(&prefix).await
+    Ok(())
 }

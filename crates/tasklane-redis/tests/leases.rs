@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tasklane_domain::{CacheLookup, Generation, Replacement, TaskCache};
 use tasklane_redis::{RedisCacheError, RedisTaskCache};
 use tasklane_testkit::proxy::{FaultProxy, Mode};
-use tasklane_testkit::redis::{delete_prefix, shared_redis_url, unique_prefix, RedisServer};
+use tasklane_testkit::redis::{shared_redis_url, unique_prefix, RedisServer, SharedPrefix};
 
 type Error = Box<dyn std::error::Error>;
 
@@ -116,9 +116,9 @@ async fn a_replica_holding_a_lease_serves_hits_without_asking_redis() -> TestRes
 
 #[tokio::test]
 async fn a_bump_returns_only_after_every_lease_holder_took_it_in() -> TestResult {
-    let prefix = unique_prefix();
-    let holder = cache(shared_redis_url(), prefix.clone())?;
-    let writer = cache(shared_redis_url(), prefix.clone())?;
+    let prefix = SharedPrefix::new();
+    let holder = cache(shared_redis_url(), prefix.to_string())?;
+    let writer = cache(shared_redis_url(), prefix.to_string())?;
     for round in 0..60u32 {
         let (g, old) = leased_page(&holder, &format!("page {round}")).await?;
         // The very next lookup, with no pause: the lease must already know.
@@ -149,15 +149,14 @@ async fn a_bump_returns_only_after_every_lease_holder_took_it_in() -> TestResult
             );
         }
     }
-    delete_prefix(&shared_redis_url(), &prefix).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_holder_that_does_not_answer_is_waited_for_until_its_lease_ends() -> TestResult {
     const LEASE: Duration = Duration::from_millis(400);
-    let prefix = unique_prefix();
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let prefix = SharedPrefix::new();
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.lease_time = LEASE;
     let writer = RedisTaskCache::new(s)?;
     writer.bump_generation(deadline()).await?;
@@ -204,7 +203,6 @@ async fn a_holder_that_does_not_answer_is_waited_for_until_its_lease_ends() -> T
         "returned after {waited:?}"
     );
     assert_ne!(generation(&writer).await?, before);
-    delete_prefix(&shared_redis_url(), &prefix).await?;
     Ok(())
 }
 
@@ -216,13 +214,13 @@ async fn a_holder_that_does_not_answer_is_waited_for_until_its_lease_ends() -> T
 #[tokio::test]
 async fn a_holder_slower_than_the_deadline_is_waited_for_past_it() -> TestResult {
     const LEASE: Duration = Duration::from_millis(300);
-    let prefix = unique_prefix();
+    let prefix = SharedPrefix::new();
     let redis_addr = shared_redis_url()
         .trim_start_matches("redis://")
         .trim_end_matches('/')
         .parse()?;
     let proxy = FaultProxy::start(redis_addr)?;
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.lease_time = LEASE;
     let writer = RedisTaskCache::new(s.clone())?;
     s.url = format!("redis://127.0.0.1:{}", proxy.port());
@@ -255,14 +253,13 @@ async fn a_holder_slower_than_the_deadline_is_waited_for_past_it() -> TestResult
         );
         proxy.set_mode(Mode::Pass);
     }
-    delete_prefix(&shared_redis_url(), &prefix).await?;
     Ok(())
 }
 
 #[tokio::test]
 async fn a_lost_registry_is_waited_out_for_a_lease_time() -> TestResult {
-    let prefix = unique_prefix();
-    let mut s = settings(shared_redis_url(), prefix.clone());
+    let prefix = SharedPrefix::new();
+    let mut s = settings(shared_redis_url(), prefix.to_string());
     s.lease_time = Duration::from_millis(300);
     let writer = RedisTaskCache::new(s)?;
     writer.bump_generation(deadline()).await?;
@@ -284,7 +281,6 @@ async fn a_lost_registry_is_waited_out_for_a_lease_time() -> TestResult {
     let start = Instant::now();
     writer.bump_generation(deadline()).await?;
     assert!(start.elapsed() >= Duration::from_millis(290));
-    delete_prefix(&shared_redis_url(), &prefix).await?;
     Ok(())
 }
 

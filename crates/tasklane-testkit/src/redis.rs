@@ -27,8 +27,73 @@ pub fn shared_redis_url() -> String {
     std::env::var("TASKLANE_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }
 
+/// A key prefix of a test's own ([`unique_prefix`]) on the machine's shared Redis
+/// ([`shared_redis_url`]), whose keys are deleted when it is dropped: also when the test fails,
+/// so that no run leaves keys behind there (the generation and the lease registry have no TTL,
+/// and would stay for good). Declare it before whatever writes under it (a cache, a server), so
+/// that it is dropped after them.
+pub struct SharedPrefix {
+    prefix: String,
+}
+
+impl SharedPrefix {
+    #[allow(clippy::new_without_default)] // each one is new: `default` would read as a constant
+    pub fn new() -> Self {
+        Self {
+            prefix: unique_prefix(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl std::fmt::Debug for SharedPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+impl std::fmt::Display for SharedPrefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+impl std::ops::Deref for SharedPrefix {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl Drop for SharedPrefix {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime, where blocking on a future would stall it:
+        // the deletion gets a thread and a runtime of its own.
+        let prefix = self.prefix.clone();
+        let outcome = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime
+                .block_on(delete_prefix(&shared_redis_url(), &prefix))
+                .map_err(|e| e.to_string())
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("could not delete the keys under {}: {e}", self.prefix),
+            Err(_) => eprintln!("deleting the keys under {} panicked", self.prefix),
+        }
+    }
+}
+
 /// Deletes every key under `prefix` (`{prefix}:*`) on the Redis at `url`, so that tests on the
-/// shared server leave nothing behind.
+/// shared server leave nothing behind ([`SharedPrefix`] does it when dropped).
 ///
 /// # Errors
 /// When Redis cannot be reached.
@@ -343,5 +408,78 @@ mod tests {
         );
         theirs.pause().unwrap();
         theirs.resume().unwrap();
+    }
+
+    /// The names of the keys under `pattern` on the shared Redis.
+    async fn keys(pattern: &str) -> Vec<String> {
+        use deadpool_redis::redis;
+        let client = redis::Client::open(shared_redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let mut found: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            found.extend(page);
+            if next == 0 {
+                return found;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Writes what a cache leaves under `prefix` (a generation, a lease registry, an entry
+    /// whose name holds spaces, as a search's does) and a key of a neighbouring prefix.
+    async fn write_keys(prefix: &str) {
+        use deadpool_redis::redis;
+        let client = redis::Client::open(shared_redis_url()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        redis::pipe()
+            .set(format!("{prefix}:gen"), 7)
+            .hset(format!("{prefix}:leases"), "replica", 1)
+            .set(format!("{prefix}:v1:list:q=two words"), "page")
+            .set(format!("{prefix}x:gen"), 1)
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shared_prefix_deletes_its_keys_and_only_its_keys_when_dropped() {
+        let prefix = SharedPrefix::new();
+        let name = prefix.to_string();
+        write_keys(&name).await;
+        assert_eq!(keys(&format!("{name}:*")).await.len(), 3);
+        drop(prefix);
+        assert_eq!(keys(&format!("{name}:*")).await, Vec::<String>::new());
+        assert_eq!(keys(&format!("{name}x:*")).await.len(), 1);
+        delete_prefix(&shared_redis_url(), &format!("{name}x"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_shared_prefix_deletes_its_keys_when_its_test_panics() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let failed = tokio::spawn(async move {
+            let prefix = SharedPrefix::new();
+            write_keys(&prefix).await;
+            tx.send(prefix.to_string()).unwrap();
+            panic!("the test fails");
+        })
+        .await;
+        assert!(failed.unwrap_err().is_panic());
+        let name = rx.await.unwrap();
+        assert_eq!(keys(&format!("{name}:*")).await, Vec::<String>::new());
+        delete_prefix(&shared_redis_url(), &format!("{name}x"))
+            .await
+            .unwrap();
     }
 }

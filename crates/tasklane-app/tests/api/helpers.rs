@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use tasklane_app::settings::Settings;
 use tasklane_app::startup::Application;
 use tasklane_testkit::db::TestDb;
-use tasklane_testkit::redis::{shared_redis_url, unique_prefix};
+use tasklane_testkit::redis::{shared_redis_url, SharedPrefix};
 
 /// A running server with its own database and Redis key prefix.
 pub struct TestApp {
@@ -15,6 +15,9 @@ pub struct TestApp {
     pub db: TestDb,
     /// The Redis key prefix its cache uses.
     pub prefix: String,
+    /// The prefix's keys, deleted when the server that made the prefix is dropped (a replica
+    /// shares them and leaves them to it).
+    _keys: Option<SharedPrefix>,
 }
 
 /// How a test wants its server.
@@ -45,7 +48,14 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
     if let Some(url) = options.redis_url {
         env.insert("REDIS_URL".into(), url);
     }
-    env.insert("TASKLANE_CACHE_KEY_PREFIX".into(), unique_prefix());
+    let replica = options
+        .extra
+        .iter()
+        .any(|(k, _)| *k == "TASKLANE_CACHE_KEY_PREFIX");
+    let keys = (!replica).then(SharedPrefix::new);
+    if let Some(keys) = &keys {
+        env.insert("TASKLANE_CACHE_KEY_PREFIX".into(), keys.to_string());
+    }
     env.insert("TASKLANE_WORKERS".into(), "2".into());
     env.insert("TASKLANE_DRAIN_DELAY_MS".into(), "0".into());
     env.insert("TASKLANE_STARTUP_TIMEOUT_SECS".into(), "5".into());
@@ -76,6 +86,7 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
             .unwrap_or_else(|e| panic!("client: {e}")),
         db,
         prefix,
+        _keys: keys,
     }
 }
 
