@@ -379,6 +379,15 @@ mod tests {
         put(&c, "a", g, b"1").await;
         tokio::time::sleep(Duration::from_millis(2)).await;
         put(&c, "b", g, b"2").await;
+        // What goes is the oldest stored, not the soonest to expire: each expiry is drawn at
+        // random, so make the oldest the last to expire.
+        {
+            let mut state = c.state();
+            let later = state.entries["b"].expires + Duration::from_secs(1);
+            if let Some(a) = state.entries.get_mut("a") {
+                a.expires = later;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
         put(&c, "c", g, b"3").await;
         assert!(!is_hit(&c, "a").await);
