@@ -545,15 +545,14 @@ class Twin:
         if self.db_created:
             r = self.psql(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
             log(f"database {self.db_name} dropped" if r.returncode == 0 else f"DROP DATABASE failed: {r.stderr.strip()}")
-        if shutil.which("redis-cli"):
-            try:
-                keys = subprocess.run(["redis-cli", "-u", self.redis_url, "--scan", "--pattern", f"{self.cache_prefix}*"],
-                                      capture_output=True, text=True, timeout=20).stdout.split()
-                for i in range(0, len(keys), 200):
-                    subprocess.run(["redis-cli", "-u", self.redis_url, "DEL", *keys[i : i + 200]],
-                                   capture_output=True, timeout=20)
-            except (OSError, subprocess.SubprocessError):
-                pass
+        # Server-side (scripts/redis-drop-prefix.sh): cached search texts put spaces in key names.
+        url = urllib.parse.urlsplit(self.redis_url)
+        try:
+            subprocess.run([str(ROOT / "scripts" / "redis-drop-prefix.sh"), self.cache_prefix,
+                            url.hostname or "127.0.0.1", str(url.port or 6379)],
+                           capture_output=True, timeout=20)
+        except (OSError, subprocess.SubprocessError):
+            pass
         if keep:
             log(f"work directory kept: {self.work}")
         else:
