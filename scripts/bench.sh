@@ -6,21 +6,29 @@
 # the mix's UPDATE (its write ceiling), and `redis-benchmark` GET, all in the same run. Prints one table and writes it, with the machine's
 # description, into docs/PERFORMANCE.md (between its bench markers) and docs/performance.svg.
 #
-# Not a test, never run by CI: it loads the machine on purpose. About 7-9 minutes, plus the release
-# build when target/release/tasklane is not up to date (fat LTO: several minutes). Everything it
-# starts (tasklane processes, an nginx, databases, Redis keys, PostgreSQL/Redis themselves if it
-# had to start them, a temporary folder) is stopped or removed on exit, however it exits.
+# Not a test: it loads the machine on purpose, and its figures are goals it reports, never checks.
+# About 10-11 minutes, plus the release build when target/release/tasklane is not up to date (fat
+# LTO: several minutes). CI runs it once only to see that it still works end to end
+# (scripts/bench-smoke.sh: one-second runs of the debug build). Everything it starts (tasklane
+# processes, an nginx, databases, Redis keys, PostgreSQL/Redis themselves if it had to start
+# them, a temporary folder) is stopped or removed on exit, however it exits. On Debian it
+# installs the tools it lacks (wrk, nginx-light, sqlite3; PostgreSQL and Redis through
+# scripts/services.sh).
 #
 # Knobs (environment):
 #   BENCH_DURATION=10   seconds measured per scenario       BENCH_WARMUP=2   seconds of warm-up
 #   BENCH_ONLY=regex    run only the scenarios whose id matches (limits are always measured
 #                       unless BENCH_LIMITS=0); data sets nobody needs are not loaded
+#   BENCH_ROUNDS=5      rounds of the scenarios compared with each other (run_turns)
 #   BENCH_WRITE=0       print the table only; leave docs/ alone
+#   BENCH_DOCS=dir      write PERFORMANCE.md and performance.svg there instead of docs/ (the
+#                       file's text outside the bench markers is kept, so start from a copy)
 #   BENCH_BIN=path      benchmark this binary instead of building target/release/tasklane
 #   BENCH_TASKLANE_ENV="TASKLANE_WORKERS=1 ..."   extra settings for every tasklane started
 #   BENCH_WAIT_IDLE=600 first wait (up to that many seconds) for the 1-minute load average to
 #                       drop to 1.0 or less, checking every 30 s
 #   BENCH_RESULTS=file  also keep the raw results (JSON lines) there
+# Relative paths (BENCH_BIN, BENCH_DOCS, BENCH_RESULTS) are taken from the repository's root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -32,6 +40,7 @@ THREADS=2
 ONLY=${BENCH_ONLY:-.}
 LIMITS=${BENCH_LIMITS:-1}
 WRITE=${BENCH_WRITE:-1}
+DOCS=${BENCH_DOCS:-docs}
 PG_HOST=127.0.0.1
 PG_PORT=5432
 PG_USER=postgres
@@ -43,26 +52,31 @@ die() { log "$*"; exit 1; }
 want() { [[ $1 =~ $ONLY ]]; }
 
 # ---------------------------------------------------------------------------------------------
-# Tools.
-if ! command -v wrk >/dev/null; then
+# Tools. PostgreSQL's and Redis' own (psql, pgbench, redis-cli, redis-benchmark) come with them,
+# below; the others are installed from Debian's packages where missing.
+install_tool() { # COMMAND PACKAGE
+  command -v "$1" >/dev/null && return 0
   if [ -r /etc/debian_version ]; then
-    log "installing wrk"
-    as_root=""; [ "$(id -u)" = 0 ] || as_root=sudo
-    $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 \
-      || { $as_root apt-get update -qq >/dev/null && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+    log "installing $2"
+    local as_root=""
+    [ "$(id -u)" = 0 ] || as_root=sudo
+    $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null 2>&1 \
+      || { $as_root apt-get update -qq >/dev/null \
+        && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null; }
   fi
-  command -v wrk >/dev/null || die "wrk is missing (Debian: apt-get install wrk)"
-fi
-PGBENCH=$(command -v pgbench || true)
-if [ -z "$PGBENCH" ]; then
-  for candidate in /usr/lib/postgresql/*/bin/pgbench; do [ -x "$candidate" ] && PGBENCH=$candidate; done
-fi
-[ -n "$PGBENCH" ] || die "pgbench is missing (Debian: apt-get install postgresql-contrib)"
+  command -v "$1" >/dev/null || die "$1 is missing (Debian: apt-get install $2)"
+}
+# nginx lives in /usr/sbin, which a user's PATH may lack.
 NGINX=$(command -v nginx || ls /usr/sbin/nginx 2>/dev/null || true)
-for tool in psql redis-cli redis-benchmark sqlite3 python3 curl; do
+if [ -z "$NGINX" ]; then
+  install_tool nginx nginx-light
+  NGINX=$(command -v nginx || ls /usr/sbin/nginx)
+fi
+install_tool wrk wrk
+install_tool sqlite3 sqlite3
+for tool in python3 curl; do
   command -v "$tool" >/dev/null || die "$tool is missing"
 done
-[ -n "$NGINX" ] || die "nginx is missing (Debian: apt-get install nginx-light)"
 
 if [ -n "${BENCH_WAIT_IDLE:-}" ]; then
   waited=0
@@ -128,6 +142,14 @@ if [ -n "$STARTED_PG$STARTED_REDIS" ]; then
   log "starting PostgreSQL and/or Redis (scripts/services.sh)"
   scripts/services.sh
 fi
+PGBENCH=$(command -v pgbench || true)
+if [ -z "$PGBENCH" ]; then
+  for candidate in /usr/lib/postgresql/*/bin/pgbench; do [ -x "$candidate" ] && PGBENCH=$candidate; done
+fi
+[ -n "$PGBENCH" ] || die "pgbench is missing (Debian: apt-get install postgresql-contrib)"
+for tool in psql redis-cli redis-benchmark; do
+  command -v "$tool" >/dev/null || die "$tool is missing"
+done
 
 # ---------------------------------------------------------------------------------------------
 # The binary.
@@ -378,7 +400,7 @@ median_by_rps() {
 # to be no slower than the list, whose cost per request it is within a few percent of
 # (PERFORMANCE.md section 33).
 MEDIAN3=" list3 list3_304 get get_304 get_304_one mix "
-TURN_ROUNDS=5
+TURN_ROUNDS=${BENCH_ROUNDS:-5}
 # run_counters: "JOINED MISSES" of the running tasklane, from one read of /metrics (0 for a
 # counter it lacks). JOINED: list reads answered by joining an identical one (PostgreSQL only).
 # MISSES: cache lookups that missed, list pages and task versions; a measured run of a cached
@@ -613,7 +635,8 @@ redis_limit() {
   [ "$LIMITS" = 1 ] || return 0
   log "limit: redis-benchmark GET"
   local out rps p50 p99
-  out=$(redis-benchmark -h "$REDIS_HOST" -p "$REDIS_PORT" -c "$CONNS" -n 1000000 -t get --csv 2>/dev/null | tail -n 1)
+  # About as long as a scenario: 100,000 GETs a second of BENCH_DURATION (a million at 10 s).
+  out=$(redis-benchmark -h "$REDIS_HOST" -p "$REDIS_PORT" -c "$CONNS" -n "$((DURATION * 100000))" -t get --csv 2>/dev/null | tail -n 1)
   IFS=, read -r _ rps _ _ p50 _ p99 _ <<<"$(tr -d '"' <<<"$out")"
   limit_result redis_get "$rps" "$p50" "$p99"
 }
@@ -766,6 +789,6 @@ PY
 [ -n "${BENCH_RESULTS:-}" ] && cp "$RESULTS" "$BENCH_RESULTS"
 report_args=("$RESULTS" "$machine_json")
 if [ "$WRITE" = 1 ]; then
-  report_args+=(--markdown "$ROOT/docs/PERFORMANCE.md" --svg "$ROOT/docs/performance.svg")
+  report_args+=(--markdown "$DOCS/PERFORMANCE.md" --svg "$DOCS/performance.svg")
 fi
 python3 "$ROOT/scripts/bench/report.py" "${report_args[@]}"

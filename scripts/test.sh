@@ -9,8 +9,10 @@
 #   3. schemathesis against the generated OpenAPI document (all phases, all checks), against
 #      both configurations;
 #   4. the deployment checks (Compose, Dockerfiles, Kubernetes manifests, nginx config) and the
-#      process-level twin of the Compose stack (nginx + two tasklane replicas).
-# TASKLANE_TEST_ONLY=rust|e2e|fuzz|deploy runs one part.
+#      process-level twin of the Compose stack (nginx + two tasklane replicas);
+#   5. the benchmark once through, briefly, on the debug build: that it runs end to end with 0
+#      errors and writes its report, not how fast (scripts/bench-smoke.sh).
+# TASKLANE_TEST_ONLY=rust|e2e|fuzz|deploy|bench runs one part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +83,12 @@ if want deploy; then
   echo "== process-level twin of the Compose stack"
   TASKLANE_BIN="$bin" scripts/deploy-twin.sh
   no_keys_left "the twin"
+  passed
+fi
+if want bench; then
+  echo "== the benchmark, once through (that it works, not how fast)"
+  scripts/bench-smoke.sh "$bin"
+  no_keys_left "the benchmark's check"
   passed
 fi
 echo "test: all suites passed"
