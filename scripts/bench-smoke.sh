@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks that the benchmark (`just bench`, scripts/bench.sh) still works end to end: every
-# scenario and every limit is run once, briefly (a 1 s warm-up and 1 s measured, one round of the
-# compared scenarios), on the binary given (CI: the debug build the other suites use), and
-# then this checks, from its raw results, that
+# scenario and every limit is run, briefly (a 1 s warm-up and 1 s measured; two rounds of the
+# compared scenarios, so that the report's round-by-round line is written too), on the binary
+# given (CI: the debug build the other suites use), and then this checks, from its raw
+# results, that
 #   - each scenario and each limit that scripts/bench/report.py knows produced a result with
 #     requests in it, and no scenario had an error (a non-2xx/3xx answer, a socket error or a
 #     timeout): issue 5 asks for 0 errors in every scenario, at 32 connections;
@@ -31,7 +32,7 @@ leftovers() {
 scripts/services.sh
 before=$(leftovers)
 
-BENCH_BIN="$bin" BENCH_DURATION=1 BENCH_WARMUP=1 BENCH_ROUNDS=1 BENCH_DOCS="$tmp" \
+BENCH_BIN="$bin" BENCH_DURATION=1 BENCH_WARMUP=1 BENCH_ROUNDS=2 BENCH_DOCS="$tmp" \
   BENCH_RESULTS="$tmp/results.jsonl" scripts/bench.sh >"$tmp/table.txt"
 
 after=$(leftovers)
@@ -72,6 +73,8 @@ kept = open(original).read()
 if outside(written) != outside(kept):
     problems.append("PERFORMANCE.md: text outside the bench markers changed")
 table = written.split(report.BEGIN, 1)[1].split(report.END, 1)[0]
+if "- *round by round*: " not in table:
+    problems.append("PERFORMANCE.md: no round-by-round line")
 for sid, label, *_ in report.SCENARIOS:
     if sid.split("@", 1)[0] in results and f"| {label} |" not in table:
         problems.append(f"PERFORMANCE.md: no row for {sid} ({label})")

@@ -3,8 +3,9 @@
 # PostgreSQL + Redis and on the embedded SQLite store, driven over loopback by wrk (32
 # connections, a warm-up, then 10 s a scenario), next to nginx serving the same bytes as the
 # cached list, `pgbench -S`, a pgbench script doing a create's INSERT ... RETURNING, one doing
-# the mix's UPDATE (its write ceiling), and `redis-benchmark` GET, all in the same run. Prints one table and writes it, with the machine's
-# description, into docs/PERFORMANCE.md (between its bench markers) and docs/performance.svg.
+# the mix's UPDATE (its write ceiling), and `redis-benchmark` GET, all in the same run. Prints
+# one table and writes it, with the machine's description, into docs/PERFORMANCE.md (between its
+# bench markers) and docs/performance.svg.
 #
 # Not a test: it loads the machine on purpose, and its figures are goals it reports, never checks.
 # About 10-11 minutes, plus the release build when target/release/tasklane is not up to date (fat
